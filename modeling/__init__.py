@@ -1,0 +1,33 @@
+"""ASFF-ResNet for skin-lesion classification (arXiv 2510.03876), Hugging Face native.
+
+Importing this package registers the model with transformers' Auto classes, and marks the classes so that
+`save_pretrained` ships their code (`trust_remote_code=True` loads it where this package is not installed).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_asff_resnet import FUSION_MODES, AsffResNetConfig
+from .modeling_asff_resnet import (
+    AsffResNetForImageClassification,
+    AsffResNetImageClassifierOutput,
+    AsffResNetModel,
+    AsffResNetModelOutput,
+    AsffResNetPreTrainedModel,
+)
+
+AutoConfig.register(AsffResNetConfig.model_type, AsffResNetConfig, exist_ok=True)
+AutoModel.register(AsffResNetConfig, AsffResNetModel, exist_ok=True)
+AutoModelForImageClassification.register(AsffResNetConfig, AsffResNetForImageClassification, exist_ok=True)
+AsffResNetConfig.register_for_auto_class()
+AsffResNetModel.register_for_auto_class("AutoModel")
+AsffResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "FUSION_MODES",
+    "AsffResNetConfig",
+    "AsffResNetForImageClassification",
+    "AsffResNetImageClassifierOutput",
+    "AsffResNetModel",
+    "AsffResNetModelOutput",
+    "AsffResNetPreTrainedModel",
+]
