@@ -60,6 +60,8 @@ class AsffResNetConfig(PreTrainedConfig):
     image_size: int = 224
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict):
+            self.backbone_config = {"model_type": "resnet", **self.backbone_config}
         if self.id2label is None and kwargs.get("num_labels") in (None, 2):
             self.id2label = dict(DEFAULT_ID2LABEL)
             self.label2id = {v: k for k, v in DEFAULT_ID2LABEL.items()}
