@@ -1,0 +1,402 @@
+"""The Trainer pipeline behind `train_hf.py`: arguments, model building, training, the single test evaluation,
+the report, the model card and the upload. Kept here (not in the CLI) so tests can reach every step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    EarlyStoppingCallback,
+    EvalPrediction,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+)
+
+from .configuration_asff_resnet import FUSION_MODES, AsffResNetConfig
+from .data import PreparedData, build_dataset_dict, build_transforms, collate_fn, make_transform_fn
+from .image_processing import build_image_processor
+from .metrics import compute_classification_metrics
+from .modeling_asff_resnet import AsffResNetForImageClassification
+
+logger = logging.getLogger(__name__)
+
+PAPER_ID = "arXiv 2510.03876"
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train (or evaluate) and how to initialise it."""
+
+    fusion_mode: str = field(default="channel", metadata={"help": f"ASFF fusion: one of {FUSION_MODES}"})
+    baseline: str | None = field(default=None, metadata={"help": "train a torchvision baseline instead, e.g. "
+                                                                  "densenet121 (see modeling.baselines)"})
+    models: str | None = field(default=None, metadata={
+        "help": "comma-separated list to train under one recipe and compare, e.g. 'channel,none,spatial,"
+                "mobilenet_v2'; each goes to <output_dir>/<name> and a comparison table to <output_dir>"})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "start from a trained model (Hub id or directory); with a new label set the head is re-initialised"})
+    config_name: str | None = field(default=None, metadata={"help": "an AsffResNet config (file or directory) "
+                                                                     "to start from, e.g. a small backbone"})
+    pretrained_backbone: str | None = field(default=None, metadata={
+        "help": "backbone weights: a transformers ResNet (Hub id or directory, e.g. microsoft/resnet-50) or a "
+                "torchvision resnet50 state-dict file"})
+    image_size: int | None = field(default=None, metadata={"help": "input resolution (default: the config's)"})
+    classifier_dropout: float | None = field(default=None, metadata={"help": "dropout before the last layer"})
+    class_weighting: str = field(default="none", metadata={"help": "'none' or 'balanced' cross-entropy weights"})
+    threshold_method: str = field(default="youden", metadata={
+        "help": "how the decision threshold is chosen on validation: youden, f1, or fixed (0.5)"})
+    channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster on CPU)"})
+    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads"})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
+    do_eval_only: bool = field(default=False, metadata={
+        "help": "evaluate --model_name_or_path on the test split of --dataset (or on all of it) and report"})
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are split and augmented."""
+
+    dataset: str | None = field(default=None, metadata={
+        "help": "image folder (<split>/<label>/* or <label>/*) or a Hub dataset id"})
+    image_column_name: str = field(default="image", metadata={"help": "Hub datasets: the image column"})
+    label_column_name: str = field(default="label", metadata={"help": "Hub datasets: the label column"})
+    validation_fraction: float = field(default=0.15, metadata={"help": "stratified share of train for validation"})
+    test_fraction: float = field(default=0.0, metadata={"help": "share carved for test when the data has none"})
+    split_seed: int = field(default=42, metadata={"help": "seed of the validation (and test) split"})
+    drop_duplicates: bool = field(default=False, metadata={
+        "help": "drop train images that duplicate validation/test images (exact or near), and exact copies"})
+    near_duplicate_distance: int = field(default=2, metadata={"help": "perceptual-hash distance for 'near'"})
+    augmentation_strength: float = field(default=1.0, metadata={"help": "0 = none, 1 = default, up to 2"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "truncate train (debugging)"})
+    save_dataset_to: str | None = field(default=None, metadata={"help": "save the prepared DatasetDict here"})
+    push_dataset_to_hub: str | None = field(default=None, metadata={"help": "push the prepared DatasetDict"})
+    prepare_only: bool = field(default=False, metadata={"help": "prepare (and save/push) the data, then stop"})
+
+
+def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tuple[PreTrainedModel, object]:
+    """The model and image processor for one entry of the run (`name`: a fusion mode or a baseline)."""
+    id2label = dict(enumerate(labels))
+    label2id = {label: i for i, label in id2label.items()}
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        same_labels = [config.id2label[i] for i in sorted(config.id2label)] == labels
+        if not same_labels:
+            logger.warning("labels %s differ from the checkpoint's %s: the head is re-initialised",
+                           labels, list(config.id2label.values()))
+        model = AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=True, id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=not same_labels)
+        processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+        return model, processor
+    if name in FUSION_MODES:
+        overrides = {"fusion_mode": name, "id2label": id2label, "label2id": label2id}
+        if model_args.image_size:
+            overrides["image_size"] = model_args.image_size
+        if model_args.classifier_dropout is not None:
+            overrides["classifier_dropout"] = model_args.classifier_dropout
+        if model_args.config_name:
+            config = AsffResNetConfig.from_pretrained(model_args.config_name, **overrides)
+        else:
+            config = AsffResNetConfig(**overrides)
+        model = AsffResNetForImageClassification(config)
+        if model_args.pretrained_backbone:
+            from .backbones import load_pretrained_backbone
+
+            load_pretrained_backbone(model, model_args.pretrained_backbone)
+    else:
+        from .baselines import build_baseline
+
+        model = build_baseline(name, num_labels=len(labels), id2label=id2label,
+                               image_size=model_args.image_size or 224)
+    return model, build_image_processor(model.config.image_size)
+
+
+def _image_size(processor) -> int:
+    size = processor.size
+    return size.get("shortest_edge") or size.get("height")
+
+
+def attach_transforms(prepared: PreparedData, processor, strength: float) -> None:
+    """train: augmentation; validation/test: the processor's resize + crop; both normalised like the processor."""
+    size = _image_size(processor)
+    for name, split in prepared.dataset.items():
+        transform = build_transforms(size, processor.image_mean, processor.image_std, train=name == "train",
+                                     strength=strength)
+        split.set_transform(make_transform_fn(transform))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(np.asarray(logits, dtype=np.float32)).softmax(-1).numpy()
+
+
+def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return compute_classification_metrics(softmax(logits), np.asarray(prediction.label_ids))
+
+
+def class_weighted_loss(weights: torch.Tensor):
+    """A `compute_loss_func` for Trainer: cross-entropy with per-class weights."""
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        return F.cross_entropy(outputs.logits, labels, weight=weights.to(outputs.logits.device))
+
+    return loss
+
+
+def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def predict_probs(trainer: Trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels for a split, without computing metrics (they are computed once, in the
+    report, from these probabilities)."""
+    compute, trainer.compute_metrics = trainer.compute_metrics, None
+    try:
+        output = trainer.predict(dataset)
+    finally:
+        trainer.compute_metrics = compute
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return softmax(logits), np.asarray(output.label_ids)
+
+
+def command_line() -> str:
+    return " ".join(["python" if Path(sys.argv[0]).suffix == ".py" else "", *sys.argv]).strip()
+
+
+def run_settings(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, name: str,
+                 prepared: PreparedData) -> dict:
+    return {
+        "model": name, "image_size": model_args.image_size, "epochs": args.num_train_epochs,
+        "batch_size": args.per_device_train_batch_size * max(args.world_size, 1) * args.gradient_accumulation_steps,
+        "learning_rate": args.learning_rate, "lr_scheduler": str(args.lr_scheduler_type.value),
+        "warmup": args.warmup_steps, "weight_decay": args.weight_decay, "optimizer": str(args.optim.value),
+        "seed": args.seed, "augmentation_strength": data_args.augmentation_strength,
+        "class_weighting": model_args.class_weighting, "validation_fraction": data_args.validation_fraction,
+        "split_seed": data_args.split_seed, "drop_duplicates": data_args.drop_duplicates,
+        "init": model_args.model_name_or_path or model_args.pretrained_backbone or "random (from scratch)",
+        "split_sizes": {k: len(v) for k, v in prepared.dataset.items()},
+        "metric_for_best_model": args.metric_for_best_model, "threshold_method": model_args.threshold_method,
+    }
+
+
+def _publish(staging: Path, destination: Path) -> None:
+    """Moves finished files from a staging directory into place (so a crash never leaves half-written outputs)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for item in staging.iterdir():
+        target = destination / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def evaluate_and_report(model, processor, prepared: PreparedData, trainer: Trainer, out_dir: Path, *,
+                        threshold: float, threshold_source: str, title: str) -> dict:
+    """The one test evaluation: probabilities on test -> report (figures, JSON, markdown) in `out_dir`."""
+    from .report import write_report
+
+    probs, labels = predict_probs(trainer, prepared.dataset["test"])
+    return write_report(out_dir, labels, probs, prepared.labels, threshold=threshold,
+                        threshold_source=threshold_source, title=title)
+
+
+def validation_predictions(trainer: Trainer, prepared: PreparedData) -> tuple[np.ndarray, np.ndarray] | None:
+    if "validation" not in prepared.dataset:
+        return None
+    return predict_probs(trainer, prepared.dataset["validation"])
+
+
+def choose_validation_threshold(validation: tuple[np.ndarray, np.ndarray] | None, method: str) -> tuple[float, str]:
+    """The decision threshold, chosen on validation only (never on test)."""
+    from .report import choose_threshold
+
+    if validation is None or method == "fixed" or validation[0].shape[1] != 2:
+        return 0.5, "default"
+    probs, labels = validation
+    return float(choose_threshold(labels, probs, method=method)), f"validation ({method})"
+
+
+def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
+              prepared: PreparedData) -> dict | None:
+    """Trains one model, selects the best checkpoint on validation, evaluates on test once, and writes the model,
+    processor, code, report and model card into `args.output_dir`."""
+    from .report import build_model_card
+
+    model, processor = build_model(model_args, prepared.labels, name)
+    if model_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    attach_transforms(prepared, processor, data_args.augmentation_strength)
+    train = prepared.dataset["train"]
+    if data_args.max_train_samples:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    callbacks = []
+    if model_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
+    loss_func = None
+    if model_args.class_weighting == "balanced":
+        loss_func = class_weighted_loss(balanced_class_weights(train["label"], len(prepared.labels)))
+    elif model_args.class_weighting != "none":
+        raise ValueError(f"class_weighting must be 'none' or 'balanced', got {model_args.class_weighting!r}")
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, eval_dataset=prepared.dataset.get("validation"),
+        data_collator=collate_fn, processing_class=processor, compute_metrics=compute_metrics,
+        compute_loss_func=loss_func, callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    validation = validation_predictions(trainer, prepared)
+    threshold, source = choose_validation_threshold(validation, model_args.threshold_method)
+    if not trainer.is_world_process_zero():
+        return None
+    output_dir = Path(args.output_dir)
+    staging = output_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))  # model (safetensors) + config + code (auto_map) + image processor
+    validation_summary = None
+    if validation is not None:
+        from .report import write_report
+
+        validation_summary = write_report(
+            staging / "report" / "validation", validation[1], validation[0], prepared.labels, threshold=threshold,
+            threshold_source=source, title=f"{name} on {data_args.dataset} (validation split)")
+    summary = evaluate_and_report(model, processor, prepared, trainer, staging / "report", threshold=threshold,
+                                  threshold_source=source, title=f"{name} on {data_args.dataset} (test split)")
+    settings = run_settings(model_args, data_args, args, name, prepared)
+    settings.update(train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
+                    best_checkpoint=trainer.state.best_model_checkpoint,
+                    best_validation_metric=trainer.state.best_metric)
+    metrics = {"model": name, "test": summary, "validation": validation_summary,
+               "train": result.metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary")}
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    card = build_model_card(
+        model_name=output_dir.name, summary=summary, settings=settings, command=command_line(),
+        dataset=str(data_args.dataset), label_names=prepared.labels, decision_threshold=threshold,
+        base_model=model_args.model_name_or_path, validation_summary=validation_summary)
+    card.save(staging / "README.md")
+    _publish(staging, output_dir)
+    if args.push_to_hub:
+        push_folder(output_dir, args.hub_model_id or output_dir.name, args.hub_token, args.hub_private_repo)
+    return metrics
+
+
+def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
+    """Uploads a finished model directory (without Trainer checkpoints) with huggingface_hub."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo = create_repo(repo_id, token=token, private=private, exist_ok=True)
+    upload_folder(repo_id=repo.repo_id, folder_path=str(folder), token=token,
+                  ignore_patterns=["checkpoint-*", "runs/*", ".staging/*"], commit_message="Upload ASFF-ResNet")
+    return repo.repo_id
+
+
+def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    """Evaluates a saved model on the test split of a folder (or on all of it when it has no splits), at the
+    threshold its model card records (else 0.5)."""
+    from huggingface_hub import ModelCard
+
+    if not model_args.model_name_or_path:
+        raise ValueError("--do_eval_only needs --model_name_or_path")
+    model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+    prepared = build_dataset_dict(data_args.dataset, validation_fraction=0.0)
+    if "test" not in prepared.dataset:  # a folder without splits: evaluate on all of it
+        prepared.dataset = type(prepared.dataset)({"test": prepared.dataset["train"]})
+    model_labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    if set(prepared.labels) != set(model_labels):
+        raise ValueError(f"the data's labels {prepared.labels} do not match the model's {model_labels}")
+    if prepared.labels != model_labels:  # same names, other order: re-index the data to the model's ids
+        prepared.dataset = prepared.dataset.cast_column("label", type(prepared.dataset["test"].features["label"])(
+            names=model_labels))
+    prepared.labels = model_labels
+    threshold, source = 0.5, "default"
+    card_path = Path(model_args.model_name_or_path) / "README.md"
+    if card_path.is_file():
+        recorded = ModelCard.load(card_path).data.to_dict().get("decision_threshold")
+        if recorded is not None:
+            threshold, source = float(recorded), "model card"
+    attach_transforms(prepared, processor, strength=0.0)
+    trainer = Trainer(model=model, args=args, data_collator=collate_fn, processing_class=processor)
+    out = Path(args.output_dir)
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    summary = evaluate_and_report(model, processor, prepared, trainer, staging / "report", threshold=threshold,
+                                  threshold_source=source, title=f"{model_args.model_name_or_path} on "
+                                                                 f"{data_args.dataset}")
+    metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary}
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    _publish(staging, out)
+    return metrics
+
+
+def prepare_data(data_args: DataArguments, seed: int) -> PreparedData:
+    if not data_args.dataset:
+        raise ValueError("--dataset is required (an image folder or a Hub dataset id)")
+    prepared = build_dataset_dict(
+        data_args.dataset, validation_fraction=data_args.validation_fraction, seed=data_args.split_seed,
+        drop_cross_split_duplicates=data_args.drop_duplicates,
+        near_duplicate_distance=data_args.near_duplicate_distance, image_column=data_args.image_column_name,
+        label_column=data_args.label_column_name, carve_test_fraction=data_args.test_fraction)
+    logger.info("data: %s, labels %s, duplicates %s, %d unreadable file(s) skipped",
+                {k: len(v) for k, v in prepared.dataset.items()}, prepared.labels,
+                prepared.duplicates.get("summary"), len(prepared.skipped))
+    return prepared
+
+
+def save_or_push_dataset(prepared: PreparedData, data_args: DataArguments) -> None:
+    """Saves/pushes the prepared splits with the image bytes embedded (portable, unlike file paths)."""
+    from datasets.table import embed_table_storage
+
+    dataset = prepared.dataset.remove_columns("path")
+    if data_args.save_dataset_to:
+        embedded = dataset.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
+        embedded.save_to_disk(data_args.save_dataset_to)
+        Path(data_args.save_dataset_to, "duplicates.json").write_text(json.dumps(prepared.duplicates, indent=2))
+    if data_args.push_dataset_to_hub:
+        dataset.push_to_hub(data_args.push_dataset_to_hub)
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    if model_args.num_threads:
+        torch.set_num_threads(model_args.num_threads)
+    if model_args.do_eval_only:
+        return evaluate_only(model_args, data_args, args)
+    prepared = prepare_data(data_args, args.seed)
+    if data_args.save_dataset_to or data_args.push_dataset_to_hub:
+        save_or_push_dataset(prepared, data_args)
+    if data_args.prepare_only:
+        return {"splits": {k: len(v) for k, v in prepared.dataset.items()}, "duplicates": prepared.duplicates}
+    if "test" not in prepared.dataset:
+        raise ValueError("the data has no test split: add one, or pass --test_fraction to carve it from train")
+    names = [n.strip() for n in model_args.models.split(",")] if model_args.models else [
+        model_args.baseline or model_args.fusion_mode]
+    root = Path(args.output_dir)
+    results = {}
+    for name in names:
+        run_args = args if len(names) == 1 else _with_output_dir(args, root / name)
+        results[name] = train_one(name, model_args, data_args, run_args, prepared)
+    if len(names) > 1 and results[names[0]] is not None:
+        from .report import write_comparison
+
+        write_comparison(root, {name: result["test"] for name, result in results.items()})
+    return results
+
+
+def _with_output_dir(args: TrainingArguments, output_dir: Path) -> TrainingArguments:
+    values = {k: v for k, v in asdict(args).items() if k in {f.name for f in args.__dataclass_fields__.values()
+                                                             if f.init}}
+    values.update(output_dir=str(output_dir), hub_model_id=None if args.hub_model_id is None
+                  else f"{args.hub_model_id}-{output_dir.name}")
+    return TrainingArguments(**values)

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Train, evaluate and publish ASFF-ResNet (arXiv 2510.03876) or a baseline CNN with the Hugging Face Trainer.
+
+In the style of transformers' `examples/pytorch/image-classification/run_image_classification.py`; the logic lives
+in `modeling.training`. Examples:
+
+    python train_hf.py --dataset ../shared/data/isic2020-part --output_dir runs/asff --fusion_mode channel \
+        --image_size 128 --num_train_epochs 8 --learning_rate 1e-3
+    python train_hf.py --do_eval_only --model_name_or_path checkpoints/asff-resnet50-isic2020 \
+        --dataset ../shared/data/isic2020-part --output_dir runs/eval
+"""
+
+import logging
+import sys
+
+import transformers
+from transformers import HfArgumentParser, TrainingArguments
+
+from modeling.training import DataArguments, ModelArguments, main
+
+DEFAULTS = {  # the recipe's defaults; every one can be overridden on the command line
+    "eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
+    "metric_for_best_model": "roc_auc", "greater_is_better": True, "save_total_limit": 2,
+    "remove_unused_columns": False, "report_to": "none", "logging_steps": 10, "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1, "weight_decay": 0.05, "learning_rate": 1e-3, "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64, "num_train_epochs": 8, "dataloader_pin_memory": False,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(**DEFAULTS)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, training_args = parse_args()
+    try:
+        main(model_args, data_args, training_args)
+    except ValueError as error:  # bad input: a clear message, no traceback
+        logging.getLogger("train_hf").error("%s", error)
+        sys.exit(2)
