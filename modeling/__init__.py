@@ -6,6 +6,12 @@ Importing this package registers the model with transformers' Auto classes, and 
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .baselines import (
+    BASELINE_ARCHITECTURES,
+    TorchvisionClassifierConfig,
+    TorchvisionForImageClassification,
+    build_baseline,
+)
 from .configuration_asff_resnet import FUSION_MODES, AsffResNetConfig
 from .modeling_asff_resnet import (
     AsffResNetForImageClassification,
@@ -23,6 +29,7 @@ AsffResNetModel.register_for_auto_class("AutoModel")
 AsffResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
+    "BASELINE_ARCHITECTURES",
     "FUSION_MODES",
     "AsffResNetConfig",
     "AsffResNetForImageClassification",
@@ -30,4 +37,7 @@ __all__ = [
     "AsffResNetModel",
     "AsffResNetModelOutput",
     "AsffResNetPreTrainedModel",
+    "TorchvisionClassifierConfig",
+    "TorchvisionForImageClassification",
+    "build_baseline",
 ]

@@ -1,0 +1,28 @@
+"""The project's metrics: one `evaluate` module (`binary_classification.py`), loaded from its file, offline."""
+
+from functools import cache
+from pathlib import Path
+
+import evaluate
+import numpy as np
+
+METRIC_PATH = str(Path(__file__).with_name("binary_classification.py"))
+
+
+@cache
+def load_metric() -> evaluate.EvaluationModule:
+    """The evaluate module, loaded once per process. In memory: no cache files, no lock clashes between processes."""
+    return evaluate.load(METRIC_PATH, keep_in_memory=True)
+
+
+def compute_classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Metrics of class probabilities `probs` (n, C) against class indices `labels` (n,): the one place the project
+    computes them (Trainer's `compute_metrics`, the report)."""
+    probs = np.asarray(probs, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"expected probabilities (n, C) and n labels, got shapes {probs.shape} and {labels.shape}")
+    return load_metric().compute(predictions=probs, references=labels, threshold=threshold)
+
+
+__all__ = ["METRIC_PATH", "compute_classification_metrics", "load_metric"]

@@ -1,0 +1,568 @@
+"""Evaluation report: decision threshold, calibration, bootstrap confidence intervals, figures, comparison tables and
+the model card.
+
+Point metrics come from the project's `evaluate` module (`modeling.metrics`). The bootstrap needs the same metrics on
+a thousand resamples; calling scikit-learn a thousand times takes minutes, so `_batched_metrics` recomputes them with
+numpy over all resamples at once (tests check it equals the module on the full sample).
+"""
+
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.stats import bootstrap, rankdata
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_curve,
+)
+
+from .metrics import compute_classification_metrics
+
+PAPER_URL = "https://arxiv.org/abs/2510.03876"
+COMPARISON_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "ece")
+METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "precision": "Precision",
+    "recall": "Recall (sensitivity)",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "roc_auc": "ROC AUC",
+    "pr_auc": "PR AUC (average precision)",
+    "ece": "Expected calibration error",
+}
+ECE_BINS = 10
+
+
+def _as_arrays(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+    """int64 labels (n,) and float32 probabilities (n, C): exactly the numbers the evaluate module sees (it stores
+    float32), so thresholds and ties behave the same here and there."""
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float32)
+    if probs.ndim != 2 or probs.shape[1] < 2 or len(probs) != len(labels) or len(labels) == 0:
+        raise ValueError(f"expected probabilities (n, C >= 2) and n labels, got {probs.shape} and {labels.shape}")
+    return labels, probs
+
+
+def _metric_names(num_classes: int) -> list[str]:
+    threshold_metrics = ["accuracy", "precision", "recall", "specificity", "f1"]
+    if num_classes > 2:
+        threshold_metrics.remove("specificity")
+    return [*threshold_metrics, "roc_auc", "pr_auc"]
+
+
+def choose_threshold(labels, probs, method: str = "youden") -> float:
+    """Decision threshold on p(class 1), chosen on validation data: `"youden"` maximises sensitivity + specificity - 1
+    along the ROC curve, `"f1"` maximises F1 along the precision-recall curve. Returns 0.5 for more than two classes
+    (argmax decides there) and, with a warning, when only one class is present."""
+    if method not in ("youden", "f1"):
+        raise ValueError(f"method must be 'youden' or 'f1', got {method!r}")
+    labels, probs = _as_arrays(labels, probs)
+    if probs.shape[1] != 2:
+        return 0.5
+    if labels.min() == labels.max():
+        warnings.warn("choose_threshold: only one class present, keeping 0.5", stacklevel=2)
+        return 0.5
+    score = probs[:, 1]
+    if method == "youden":
+        fpr, tpr, thresholds = roc_curve(labels, score, drop_intermediate=False)
+        # thresholds[0] is +inf (nothing called positive, J = 0): never the answer.
+        return float(thresholds[1:][np.argmax((tpr - fpr)[1:])])
+    precision, recall, thresholds = precision_recall_curve(labels, score, drop_intermediate=False)
+    with np.errstate(invalid="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    return float(thresholds[np.argmax(f1[:-1])])  # the last (precision 1, recall 0) point has no threshold
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's `zero_division=0`)."""
+    return np.divide(numerator, denominator, out=np.zeros(np.shape(numerator)), where=denominator > 0)
+
+
+def _batched_roc_auc(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row via the Mann-Whitney U statistic (average ranks: ties count one half), NaN for rows with
+    one class."""
+    n_pos = positive.sum(-1)
+    n_neg = positive.shape[-1] - n_pos
+    u = (rankdata(score, axis=-1) * positive).sum(-1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_pos * n_neg > 0, u / (n_pos * n_neg), np.nan)
+
+
+def _batched_average_precision(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Average precision of each row, as scikit-learn defines it (sum over distinct thresholds of recall increase x
+    precision): each positive contributes the precision at the end of its group of tied scores. NaN for one class."""
+    order = np.argsort(-score, axis=-1, kind="stable")
+    ranked, hits = np.take_along_axis(score, order, -1), np.take_along_axis(positive, order, -1)
+    true_positives = np.cumsum(hits, axis=-1)
+    n = score.shape[-1]
+    position = np.arange(n)
+    group_end = np.ones(ranked.shape, dtype=bool)
+    group_end[..., :-1] = ranked[..., :-1] != ranked[..., 1:]
+    end = np.minimum.accumulate(np.where(group_end, position, n)[..., ::-1], axis=-1)[..., ::-1]
+    precision = np.take_along_axis(true_positives, end, -1) / (end + 1)
+    n_pos = hits.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n_pos > 0) & (n_pos < n), (hits * precision).sum(-1) / n_pos, np.nan)
+
+
+def _batched_ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
+    """Expected calibration error of each row: sum over equal-width bins of |mean outcome - mean confidence| weighted
+    by the bin's share; the bins of `sklearn.calibration.calibration_curve`."""
+    rows, n = confidence.shape
+    bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence)
+    flat = (np.arange(rows)[:, None] * n_bins + bins).ravel()
+    gaps = np.bincount(flat, weights=(correct - confidence).ravel().astype(np.float64), minlength=rows * n_bins)
+    return np.abs(gaps.reshape(rows, n_bins)).sum(-1) / n
+
+
+def _calibration_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, outcome): p(class 1) and label == 1 for two classes; the top probability and whether the argmax
+    is right for more."""
+    if probs.shape[-1] == 2:
+        return probs[..., 1], (labels == 1)
+    return probs.max(-1), (probs.argmax(-1) == labels)
+
+
+def _batched_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, index: np.ndarray) -> dict:
+    """Every metric of `compute_classification_metrics` plus `ece` for each row of sample indices `index` (B, n)."""
+    y, p = labels[index], probs[index]
+    num_classes = probs.shape[1]
+    if num_classes == 2:
+        score = p[..., 1]
+        positive, predicted = y == 1, score >= threshold
+        tp, fp = (positive & predicted).sum(-1), (~positive & predicted).sum(-1)
+        fn, tn = (positive & ~predicted).sum(-1), (~positive & ~predicted).sum(-1)
+        metrics = {
+            "accuracy": (tp + tn) / y.shape[-1],
+            "precision": _ratio(tp, tp + fp),
+            "recall": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "roc_auc": _batched_roc_auc(positive, score),
+            "pr_auc": _batched_average_precision(positive, score),
+        }
+    else:
+        predicted = p.argmax(-1)
+        classes = np.arange(num_classes)
+        is_true, is_predicted = y[..., None] == classes, predicted[..., None] == classes  # (B, n, C)
+        tp, n_true, n_predicted = (is_true & is_predicted).sum(-2), is_true.sum(-2), is_predicted.sum(-2)
+        metrics = {
+            "accuracy": (predicted == y).mean(-1),
+            "precision": _ratio(tp, n_predicted).mean(-1),
+            "recall": _ratio(tp, n_true).mean(-1),
+            "f1": _ratio(2 * tp, n_true + n_predicted).mean(-1),
+            "roc_auc": np.mean([_batched_roc_auc(is_true[..., k], p[..., k]) for k in classes], axis=0),
+            "pr_auc": np.mean([_batched_average_precision(is_true[..., k], p[..., k]) for k in classes], axis=0),
+        }
+    metrics["ece"] = _batched_ece(*_calibration_inputs(y, p), ECE_BINS)
+    return metrics
+
+
+def expected_calibration_error(labels, probs, n_bins: int = 10) -> float:
+    """ECE with `n_bins` equal-width bins: on p(class 1) for two classes, on the top probability for more."""
+    labels, probs = _as_arrays(labels, probs)
+    confidence, outcome = _calibration_inputs(labels, probs)
+    return float(_batched_ece(confidence[None], outcome[None], n_bins)[0])
+
+
+def bootstrap_ci(
+    labels,
+    probs,
+    threshold: float = 0.5,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: str = "percentile",
+) -> dict[str, tuple[float, float]]:
+    """Bootstrap confidence intervals (`scipy.stats.bootstrap`, percentile by default, `method="BCa"` also works) of
+    every metric of `compute_classification_metrics` and of `ece`. Resamples (label, probability) rows together.
+    An interval is NaN where some resample leaves a metric undefined (e.g. an AUC with one class)."""
+    labels, probs = _as_arrays(labels, probs)
+    names = [*_metric_names(probs.shape[1]), "ece"]
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        index = np.moveaxis(np.asarray(index), axis, -1)
+        batch_shape = index.shape[:-1]
+        values = _batched_metrics(labels, probs, threshold, index.reshape(-1, index.shape[-1]))
+        return np.stack([values[name].reshape(batch_shape) for name in names])
+
+    n = len(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN statistics of degenerate resamples: reported as NaN
+        result = bootstrap(
+            (np.arange(n),),
+            statistic,
+            n_resamples=n_resamples,
+            batch=max(1, min(n_resamples, 2_000_000 // n)),  # bounds memory: batch x n x C probabilities at a time
+            vectorized=True,
+            confidence_level=confidence,
+            method=method,
+            rng=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high, strict=True)}
+
+
+def _new_axes(size: tuple[float, float] = (5, 5)):
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)  # Agg, without touching pyplot's global backend
+    return figure, figure.add_subplot()
+
+
+def _save(figure: Figure, out_dir: Path, name: str, figures: list[str]) -> None:
+    figure.savefig(out_dir / name, dpi=120)
+    figures.append(name)
+
+
+def _plot_figures(out_dir: Path, labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float,
+                  metrics: dict[str, float], title: str) -> list[str]:
+    figures: list[str] = []
+    num_classes = probs.shape[1]
+    suffix = f" — {title}" if title else ""
+    # One-vs-rest curves: for two classes only the positive class; classes without positives and negatives skipped.
+    curves = [1] if num_classes == 2 else list(range(num_classes))
+    curves = [k for k in curves if 0 < (labels == k).sum() < len(labels)]
+    if curves:
+        for name, display in (("roc.png", RocCurveDisplay), ("pr.png", PrecisionRecallDisplay)):
+            figure, ax = _new_axes()
+            for k in curves:
+                # One chance line: the diagonal for ROC; for PR it is the prevalence, so per class, only for binary.
+                chance = k == curves[-1] and (name == "roc.png" or num_classes == 2)
+                display.from_predictions(labels == k, probs[:, k], pos_label=True, name=label_names[k], ax=ax,
+                                         plot_chance_level=chance)
+            if num_classes == 2:  # the operating point at the decision threshold
+                point = ((1 - metrics["specificity"], metrics["recall"]) if name == "roc.png"
+                         else (metrics["recall"], metrics["precision"]))
+                ax.plot(*point, "ko", label=f"threshold {threshold:.3g}")
+                ax.legend(loc="lower right" if name == "roc.png" else "best")
+            if name == "roc.png":
+                ax.set(title="ROC" + suffix, xlabel="false positive rate (1 - specificity)",
+                       ylabel="true positive rate (sensitivity)")
+            else:
+                ax.set(title="Precision-recall" + suffix, xlabel="recall (sensitivity)", ylabel="precision")
+            _save(figure, out_dir, name, figures)
+
+    predicted = (probs[:, 1] >= threshold).astype(np.int64) if num_classes == 2 else probs.argmax(1)
+    figure, ax = _new_axes()
+    ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=list(range(num_classes)),
+                                            display_labels=label_names, ax=ax, colorbar=False)
+    ax.set_title((f"Confusion at threshold {threshold:.3g}" if num_classes == 2 else "Confusion (argmax)") + suffix)
+    _save(figure, out_dir, "confusion.png", figures)
+
+    confidence, outcome = _calibration_inputs(labels, probs)
+    prob_true, prob_pred = calibration_curve(outcome, confidence, n_bins=ECE_BINS)
+    figure, ax = _new_axes()
+    ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+    ax.plot(prob_pred, prob_true, "o-", label="model")
+    counts = ax.twinx()
+    counts.hist(confidence, bins=ECE_BINS, range=(0, 1), alpha=0.2, color="grey")
+    counts.set_ylabel("images")
+    what = f"p({label_names[1]})" if num_classes == 2 else "top-class probability"
+    ax.set(xlabel=f"mean {what}", ylabel="observed frequency" if num_classes == 2 else "accuracy",
+           xlim=(0, 1), ylim=(0, 1), title=f"Reliability (ECE {metrics['ece']:.3f}){suffix}")
+    ax.legend(loc="upper left")
+    _save(figure, out_dir, "reliability.png", figures)
+    return figures
+
+
+def _finite_or_none(value):
+    """JSON has no NaN: undefined metrics are written (and returned) as null."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _fmt_ci(ci, digits: int = 3) -> str:
+    return "–" if not ci or None in ci else f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+
+
+def _metrics_table(summary: dict) -> str:
+    """metric | value | 95 % CI | value at 0.5, from a report summary."""
+    names = [*[k for k in COMPARISON_METRICS if k in summary["metrics"]], "ece"]
+    rows = ["| metric | value | 95 % CI | value at 0.5 |", "|---|---|---|---|"]
+    for name in names:
+        value = summary["ece"] if name == "ece" else summary["metrics"][name]
+        at_half = summary["ece"] if name == "ece" else summary["metrics_at_0.5"][name]
+        ci = _fmt_ci(summary["ci95"].get(name))
+        rows.append(f"| {METRIC_NAMES[name]} | {_fmt(value)} | {ci} | {_fmt(at_half)} |")
+    return "\n".join(rows)
+
+
+def _describe_threshold(summary: dict) -> str:
+    return f"{summary['threshold']:.4g} (source: {summary['threshold_source']})"
+
+
+def write_report(
+    out_dir,
+    labels,
+    probs,
+    label_names: list[str],
+    threshold: float = 0.5,
+    threshold_source: str = "default",
+    title: str = "",
+    n_resamples: int = 1000,
+) -> dict:
+    """Writes `roc.png`, `pr.png`, `confusion.png`, `reliability.png`, `report.json` and `report.md` into `out_dir`
+    and returns the JSON summary (undefined values as None). Threshold metrics use `threshold` on p(class 1) for two
+    classes, the argmax for more; confidence intervals are 95 % percentile bootstrap intervals (`n_resamples=0`
+    skips them)."""
+    labels, probs = _as_arrays(labels, probs)
+    if len(label_names) != probs.shape[1]:
+        raise ValueError(f"{len(label_names)} label names for {probs.shape[1]} classes")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threshold = float(threshold)
+    metrics = compute_classification_metrics(probs, labels, threshold)
+    ece = expected_calibration_error(labels, probs, ECE_BINS)
+    ci = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples) if n_resamples > 0 else {}
+    figures = _plot_figures(out_dir, labels, probs, list(label_names), threshold, {**metrics, "ece": ece}, title)
+    predicted = (probs[:, 1] >= threshold).astype(np.int64) if probs.shape[1] == 2 else probs.argmax(1)
+    summary = _finite_or_none(
+        {
+            "title": title,
+            "n": len(labels),
+            "class_counts": {name: int((labels == k).sum()) for k, name in enumerate(label_names)},
+            "threshold": threshold,
+            "threshold_source": threshold_source,
+            "metrics": metrics,
+            "metrics_at_0.5": compute_classification_metrics(probs, labels, 0.5),
+            "ci95": {name: list(bounds) for name, bounds in ci.items()},
+            "ece": ece,
+            "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(len(label_names)))).tolist(),
+            "figures": figures,
+        }
+    )
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    counts = ", ".join(f"{name} {count}" for name, count in summary["class_counts"].items())
+    lines = [
+        f"# {title or 'Evaluation report'}",
+        "",
+        f"n = {summary['n']} ({counts}). Decision threshold {_describe_threshold(summary)}"
+        + ("" if probs.shape[1] == 2 else ", unused: argmax over classes")
+        + f". 95 % CIs: percentile bootstrap, {n_resamples} resamples.",
+        "",
+        _metrics_table(summary),
+        "",
+        *[f"![{Path(name).stem}]({name})" for name in figures],
+    ]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def comparison_table(summaries: dict[str, dict]) -> str:
+    """Markdown table, one row per model: each metric as "value [CI low, CI high]" at the model's own threshold."""
+    header = ["model", "threshold", *COMPARISON_METRICS]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, summary in summaries.items():
+        cells = [model, _fmt(summary.get("threshold"))]
+        for name in COMPARISON_METRICS:
+            value = summary.get("ece") if name == "ece" else summary.get("metrics", {}).get(name)
+            ci = summary.get("ci95", {}).get(name)
+            cells.append(_fmt(value) + ("" if _fmt_ci(ci) == "–" else " " + _fmt_ci(ci, 2)))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_comparison(out_dir, summaries: dict[str, dict]) -> None:
+    """Writes `comparison.md` (the table) and `comparison.json` (the summaries, keyed by model)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = (
+        f"# Model comparison (test set)\n\n{comparison_table(summaries)}\n\n"
+        "Values at each model's decision threshold, [95 % bootstrap CI].\n"
+    )
+    (out_dir / "comparison.md").write_text(text)
+    (out_dir / "comparison.json").write_text(json.dumps(_finite_or_none(summaries), indent=2) + "\n")
+
+
+def _describe_model(settings: dict, base_model: str | None) -> tuple[str, list[str]]:
+    """A sentence on the architecture and tags, from the training settings (`architecture` for a torchvision
+    baseline, `fusion_mode` for ASFF-ResNet)."""
+    start = f"initialised from `{base_model}`" if base_model else "trained from scratch (random initialisation)"
+    architecture = settings.get("architecture")
+    if architecture and architecture != "asff_resnet":
+        return (
+            f"A torchvision `{architecture}` classifier, {start}: one of the classic CNN baselines the paper "
+            f"([arXiv:2510.03876]({PAPER_URL})) compares its ASFF-ResNet-50 against.",
+            ["baseline", str(architecture)],
+        )
+    fusion = {
+        "channel": "fused with learned per-channel weights (the paper's published fusion: a softmax weight per "
+        "channel from the pooled features of both levels)",
+        "spatial": "fused with learned per-pixel weights (the original ASFF of Liu et al. 2019)",
+        "none": "not fused: this is the plain ResNet-50 ablation with the same head",
+    }[settings.get("fusion_mode", "channel")]
+    return (
+        f"ASFF-ResNet-50 ([arXiv:2510.03876]({PAPER_URL})), {start}: a ResNet-50 whose stage3 (14×14×1024) and "
+        f"stage4 (7×7×2048, projected and upsampled) feature maps are {fusion}, followed by global average pooling "
+        "and an MLP head.",
+        ["asff", "resnet"],
+    )
+
+
+def _dataset_ids(dataset: str) -> tuple[list[str] | None, str, str]:
+    """(metadata `datasets`, dataset_type, dataset_name): a Hub id goes into the metadata; a local folder does not."""
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", dataset) and not Path(dataset).exists():
+        return [dataset], dataset, dataset
+    return None, "imagefolder", Path(dataset).name or dataset
+
+
+def build_model_card(
+    *,
+    model_name: str,
+    summary: dict,
+    settings: dict,
+    command: str,
+    dataset: str,
+    label_names: list[str],
+    decision_threshold: float,
+    base_model: str | None = None,
+    validation_summary: dict | None = None,
+) -> ModelCard:
+    """README.md of a trained model: Hub metadata (model-index with the test metrics, `decision_threshold` read by the
+    app as its slider default) and a body with the disclaimer, intended use, limitations, data, settings, command,
+    results and usage. `summary` / `validation_summary` are `write_report` summaries."""
+    description, arch_tags = _describe_model(settings, base_model)
+    datasets, dataset_type, dataset_name = _dataset_ids(dataset)
+    values = {**summary["metrics"], "ece": summary["ece"]}
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type=name,
+            metric_name=METRIC_NAMES.get(name, name),
+            metric_value=round(float(value), 4),
+            metric_config=f"threshold={summary['threshold']:.4g}" if name not in ("roc_auc", "pr_auc", "ece") else None,
+        )
+        for name, value in values.items()
+        if value is not None and math.isfinite(value)
+    ]
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license="apache-2.0",
+        tags=["image-classification", "medical-imaging", "dermoscopy", "skin-lesion", "research-only", *arch_tags],
+        datasets=datasets,
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=eval_results or None,
+        decision_threshold=float(decision_threshold),
+    )
+    positive = label_names[1] if len(label_names) == 2 else None
+    counts = ", ".join(f"{name}: {count}" for name, count in summary["class_counts"].items())
+    settings_rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in settings.items())
+    if positive:
+        decision = (f"Predict **{positive}** when p({positive}) ≥ **{decision_threshold:.4g}** (threshold source: "
+                    f"{summary['threshold_source']}). The test metrics below use that threshold; the last column "
+                    "shows them at 0.5.")
+        score = f'probs[model.config.label2id["{positive}"]]'
+        rule = f'"{positive}" if {score} >= {decision_threshold:.4g} else "{label_names[0]}"'
+    else:
+        decision = "The predicted class is the argmax of the probabilities."
+        rule = "model.config.id2label[int(probs.argmax())]"
+    validation = ""
+    if validation_summary is not None:
+        validation = (f"\n### Validation set (n = {validation_summary['n']}), threshold "
+                      f"{_describe_threshold(validation_summary)}\n\n{_metrics_table(validation_summary)}\n")
+    scratch = (
+        "" if base_model else "- **Trained from scratch**: no pretrained weights were used, so the results are not "
+        "comparable to the paper's ImageNet-initialised numbers and are expected to be lower.\n"
+    )
+    body = f"""
+# {model_name}
+
+{description}
+
+> **RESEARCH USE ONLY. NOT A DIAGNOSTIC DEVICE.** This model has not been clinically validated or approved by any
+> regulator. Do not use it to diagnose, screen, triage or make any decision about a person's health; anyone worried
+> about a skin lesion should see a doctor.
+
+## Intended use
+
+Research on dermoscopic skin-lesion classification ({' vs '.join(label_names)}): reproducing and extending
+arXiv:2510.03876, comparing architectures, studying calibration and explanations (Grad-CAM, fusion weights).
+Out of scope: any clinical or consumer use.
+
+## Limitations
+
+- **Dataset bias**: public dermoscopy archives (ISIC) come from a few centres and mostly light skin types; the
+  performance on other populations, devices and skin types is unknown.
+- **Dermoscopic images only**: clinical or smartphone photographs are out of distribution.
+- **Class imbalance** (test set: {counts}): look at recall, specificity and PR AUC rather than accuracy.
+{scratch}- **Small test set** (n = {summary['n']}): see the width of the confidence intervals.
+- Probabilities may be miscalibrated (expected calibration error {_fmt(summary['ece'])} on the test set).
+
+## Data
+
+`{dataset}`. Test set: {counts}. Decision threshold source: {summary['threshold_source']}.
+
+## Training
+
+| setting | value |
+|---|---|
+{settings_rows}
+
+```bash
+{command}
+```
+
+## Results
+
+{decision}
+
+### Test set (n = {summary['n']})
+
+{_metrics_table(summary)}
+
+95 % confidence intervals: percentile bootstrap over test images.
+{validation}
+## Usage
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("{model_name}", trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained("{model_name}")
+inputs = processor(Image.open("lesion.jpg").convert("RGB"), return_tensors="pt")
+with torch.no_grad():
+    probs = model(**inputs).logits.softmax(-1)[0]
+print({rule})
+```
+
+The threshold is also in this card's metadata (`decision_threshold`).
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+__all__ = [
+    "bootstrap_ci",
+    "build_model_card",
+    "choose_threshold",
+    "comparison_table",
+    "expected_calibration_error",
+    "write_comparison",
+    "write_report",
+]

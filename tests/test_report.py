@@ -1,0 +1,233 @@
+"""Report: threshold choice, calibration, the bootstrap's batched metrics against the evaluate module, files,
+comparison tables and the model card round trip."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+from sklearn.calibration import calibration_curve
+
+from modeling.metrics import compute_classification_metrics
+from modeling.report import (
+    _as_arrays,
+    _batched_metrics,
+    bootstrap_ci,
+    build_model_card,
+    choose_threshold,
+    comparison_table,
+    expected_calibration_error,
+    write_comparison,
+    write_report,
+)
+
+LABEL_NAMES = ["benign", "malignant"]
+
+
+def binary_data(n: int = 300, seed: int = 0, decimals: int | None = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Imbalanced labels, informative but noisy scores; rounding makes ties, as real (fp16/float32) outputs do."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.2).astype(np.int64)
+    p1 = np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1)
+    p1 = np.round(p1, decimals) if decimals is not None else p1
+    return labels, np.stack([1 - p1, p1], axis=1)
+
+
+def multiclass_data(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    probs = np.round(rng.dirichlet([1, 1, 1], n) + 0.5 * np.eye(3)[labels], 2)
+    return labels, probs / probs.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.57])
+def test_batched_metrics_equal_the_module_binary(threshold):
+    labels, probs = binary_data()
+    expected = compute_classification_metrics(probs, labels, threshold)
+    batched = _batched_metrics(*_as_arrays(labels, probs), threshold, np.arange(len(labels))[None])
+    assert set(batched) == {*expected, "ece"}
+    for name, value in expected.items():
+        assert batched[name][0] == pytest.approx(value, abs=1e-12), name
+
+
+def test_batched_metrics_equal_the_module_multiclass():
+    labels, probs = multiclass_data()
+    expected = compute_classification_metrics(probs, labels)
+    batched = _batched_metrics(*_as_arrays(labels, probs), 0.5, np.arange(len(labels))[None])
+    for name, value in expected.items():
+        assert batched[name][0] == pytest.approx(value, abs=1e-12), name
+
+
+def test_batched_metrics_on_resamples_equal_the_module():
+    labels, probs = binary_data(n=80)
+    index = np.random.default_rng(3).integers(0, 80, (4, 80))
+    batched = _batched_metrics(*_as_arrays(labels, probs), 0.5, index)
+    for row in range(4):
+        expected = compute_classification_metrics(probs[index[row]], labels[index[row]])
+        for name, value in expected.items():
+            assert batched[name][row] == pytest.approx(value, abs=1e-12), name
+
+
+def test_expected_calibration_error():
+    labels, probs = binary_data(decimals=None)
+    prob_true, prob_pred = calibration_curve(labels, probs[:, 1].astype(np.float32), n_bins=10)
+    counts = np.histogram(probs[:, 1].astype(np.float32), bins=np.linspace(0, 1, 11))[0]
+    counts = counts[counts > 0]
+    assert expected_calibration_error(labels, probs) == pytest.approx(
+        np.sum(counts * np.abs(prob_true - prob_pred)) / len(labels), abs=1e-6
+    )
+    # Calibrated by construction: every prediction says 0.25 and a quarter are positive.
+    calibrated = np.tile([0.75, 0.25], (8, 1))
+    assert expected_calibration_error([1, 0, 0, 0, 1, 0, 0, 0], calibrated) == pytest.approx(0.0, abs=1e-7)
+    # Multi-class: on the top probability; always right with confidence 0.6 -> ECE 0.4.
+    assert expected_calibration_error([0, 1], [[0.6, 0.3, 0.1], [0.2, 0.6, 0.2]]) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("method", ["youden", "f1"])
+def test_choose_threshold_separates_separable_data(method):
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    probs = np.stack([1 - (p := np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.6])), p], axis=1)
+    threshold = choose_threshold(labels, probs, method)
+    result = compute_classification_metrics(probs, labels, threshold)
+    assert result["recall"] == 1.0 and result["specificity"] == 1.0
+    assert threshold == pytest.approx(0.35)
+
+
+def test_choose_threshold_edge_cases():
+    labels, probs = multiclass_data(n=30)
+    assert choose_threshold(labels, probs) == 0.5
+    with pytest.raises(ValueError):
+        choose_threshold([0, 1], [[0.5, 0.5], [0.4, 0.6]], method="accuracy")
+    with pytest.warns(UserWarning):
+        assert choose_threshold([1, 1], [[0.5, 0.5], [0.4, 0.6]]) == 0.5
+
+
+def test_bootstrap_ci_covers_the_estimate_and_is_reproducible():
+    labels, probs = binary_data()
+    ci = bootstrap_ci(labels, probs, threshold=0.5, n_resamples=300, seed=1)
+    point = {**compute_classification_metrics(probs, labels), "ece": expected_calibration_error(labels, probs)}
+    assert set(ci) == set(point)
+    for name, (low, high) in ci.items():
+        assert low <= point[name] <= high, name
+        assert high - low > 0, name
+    assert bootstrap_ci(labels, probs, threshold=0.5, n_resamples=300, seed=1) == ci
+    assert bootstrap_ci(labels, probs, threshold=0.5, n_resamples=300, seed=2) != ci
+    bca = bootstrap_ci(labels, probs, threshold=0.5, n_resamples=300, seed=1, method="BCa")
+    assert all(low <= point[name] <= high for name, (low, high) in bca.items())
+
+
+def test_bootstrap_ci_multiclass():
+    labels, probs = multiclass_data()
+    ci = bootstrap_ci(labels, probs, n_resamples=200)
+    assert set(ci) == {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "ece"}
+    assert all(0 <= low <= high <= 1 for low, high in ci.values())
+
+
+def test_write_report_binary(tmp_path):
+    labels, probs = binary_data()
+    summary = write_report(tmp_path, labels, probs, LABEL_NAMES, threshold=0.4, threshold_source="youden (validation)",
+                           title="tiny", n_resamples=200)
+    for name in ("roc.png", "pr.png", "confusion.png", "reliability.png", "report.json", "report.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "report.json").read_text()) == summary
+    assert summary["figures"] == ["roc.png", "pr.png", "confusion.png", "reliability.png"]
+    assert summary["n"] == 300 and sum(summary["class_counts"].values()) == 300
+    assert summary["threshold"] == 0.4 and summary["threshold_source"] == "youden (validation)"
+    assert summary["metrics"] == pytest.approx(compute_classification_metrics(probs, labels, 0.4))
+    assert summary["metrics_at_0.5"] == pytest.approx(compute_classification_metrics(probs, labels, 0.5))
+    assert set(summary["ci95"]) == {*summary["metrics"], "ece"}
+    assert np.sum(summary["confusion_matrix"]) == 300
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| metric | value | 95 % CI | value at 0.5 |" in markdown
+    assert re.search(r"\| ROC AUC \| 0\.\d{3} \| \[0\.\d{3}, 0\.\d{3}\] \| 0\.\d{3} \|", markdown)
+
+
+def test_write_report_multiclass_and_degenerate(tmp_path):
+    labels, probs = multiclass_data(n=60)
+    summary = write_report(tmp_path / "multi", labels, probs, ["a", "b", "c"], n_resamples=50)
+    assert {"roc.png", "confusion.png"} <= set(summary["figures"])
+    assert "specificity" not in summary["metrics"]
+    # One class only: undefined AUCs are null in the JSON and "–" in the table; nothing crashes.
+    labels, probs = binary_data(n=12)
+    summary = write_report(tmp_path / "one", np.zeros(12, dtype=int), probs, LABEL_NAMES, n_resamples=50)
+    assert summary["metrics"]["roc_auc"] is None and summary["ci95"]["roc_auc"] == [None, None]
+    assert "roc.png" not in summary["figures"] and "confusion.png" in summary["figures"]
+    assert "| ROC AUC | – | – | – |" in (tmp_path / "one" / "report.md").read_text()
+    with pytest.raises(ValueError):
+        write_report(tmp_path / "bad", labels, probs, ["only one name"], n_resamples=0)
+
+
+@pytest.fixture(scope="module")
+def summaries(tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("reports")
+    binary = write_report(out / "asff", *binary_data(), LABEL_NAMES, threshold=0.45, threshold_source="youden",
+                          n_resamples=100)
+    multi = write_report(out / "multi", *multiclass_data(n=60), ["a", "b", "c"], n_resamples=100)
+    return {"asff_resnet50": binary, "three_class": multi}
+
+
+def test_comparison_table(summaries, tmp_path):
+    table = comparison_table(summaries)
+    lines = table.splitlines()
+    assert lines[0] == ("| model | threshold | accuracy | precision | recall | specificity | f1 | roc_auc | pr_auc | "
+                        "ece |")
+    assert len(lines) == 4 and lines[2].startswith("| asff_resnet50 | 0.450 |")
+    assert re.search(r"\| 0\.\d{3} \[0\.\d{2}, 0\.\d{2}\] \|", lines[2])
+    assert lines[3].split(" | ")[5] == "–"  # no specificity for three classes
+    write_comparison(tmp_path, summaries)
+    assert table in (tmp_path / "comparison.md").read_text()
+    assert set(json.loads((tmp_path / "comparison.json").read_text())) == set(summaries)
+
+
+def card_kwargs(summary: dict, **overrides) -> dict:
+    kwargs = {
+        "model_name": "asff-resnet50-isic2020",
+        "summary": summary,
+        "settings": {"fusion_mode": "channel", "learning_rate": 1e-3, "num_train_epochs": 2},
+        "command": "python train_hf.py --fusion_mode channel --num_train_epochs 2",
+        "dataset": "/data/isic2020-part",
+        "label_names": LABEL_NAMES,
+        "decision_threshold": summary["threshold"],
+    }
+    return {**kwargs, **overrides}
+
+
+def test_model_card_round_trips(summaries):
+    summary = summaries["asff_resnet50"]
+    card = build_model_card(**card_kwargs(summary, validation_summary=summary))
+    loaded = ModelCard(str(card))
+    assert loaded.data.decision_threshold == pytest.approx(0.45)
+    assert loaded.data.library_name == "transformers" and loaded.data.pipeline_tag == "image-classification"
+    assert loaded.data.license == "apache-2.0" and loaded.data.model_name == "asff-resnet50-isic2020"
+    results = {r.metric_type: r for r in loaded.data.eval_results}
+    assert set(results) == {*summary["metrics"], "ece"}
+    for name, value in summary["metrics"].items():
+        assert results[name].metric_value == pytest.approx(value, abs=1e-4)
+        assert results[name].task_type == "image-classification" and results[name].dataset_split == "test"
+    assert results["roc_auc"].dataset_type == "imagefolder" and loaded.data.datasets is None  # local folder
+    text = loaded.text
+    for needle in ("NOT A DIAGNOSTIC DEVICE", "Trained from scratch", "## Intended use", "## Limitations",
+                   "| `learning_rate` | `0.001` |", card_kwargs(summary)["command"], "95 % CI",
+                   "trust_remote_code=True", "Validation set", "2510.03876", "youden"):
+        assert needle in text, needle
+
+
+def test_model_card_hub_dataset_base_model_and_baseline(summaries):
+    summary = summaries["asff_resnet50"]
+    card = build_model_card(**card_kwargs(summary, dataset="someone/isic-2020", base_model="microsoft/resnet-50",
+                                          settings={"architecture": "densenet121"}))
+    loaded = ModelCard(str(card))
+    assert loaded.data.datasets == ["someone/isic-2020"] and loaded.data.base_model == "microsoft/resnet-50"
+    assert loaded.data.eval_results[0].dataset_type == "someone/isic-2020"
+    assert "densenet121" in loaded.data.tags and "Trained from scratch" not in loaded.text
+    assert "`densenet121`" in loaded.text
+
+
+def test_model_card_skips_undefined_metrics(summaries):
+    summary = json.loads(json.dumps(summaries["asff_resnet50"]))
+    summary["metrics"]["roc_auc"] = None
+    loaded = ModelCard(str(build_model_card(**card_kwargs(summary))))
+    assert "roc_auc" not in {r.metric_type for r in loaded.data.eval_results}
+    assert not any(isinstance(r.metric_value, float) and math.isnan(r.metric_value) for r in loaded.data.eval_results)
