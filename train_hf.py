@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_args, data_args, training_args = parse_args()
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
     try:
         main(model_args, data_args, training_args)
     except ValueError as error:  # bad input: a clear message, no traceback

@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -328,7 +328,8 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
         if recorded is not None:
             threshold, source = float(recorded), "model card"
     attach_transforms(prepared, processor, strength=0.0)
-    trainer = Trainer(model=model, args=args, data_collator=collate_fn, processing_class=processor)
+    trainer = Trainer(model=model, args=replace_args(args, eval_strategy="no", load_best_model_at_end=False),
+                      data_collator=collate_fn, processing_class=processor)
     out = Path(args.output_dir)
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -385,7 +386,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
     root = Path(args.output_dir)
     results = {}
     for name in names:
-        run_args = args if len(names) == 1 else _with_output_dir(args, root / name)
+        run_args = args if len(names) == 1 else replace_args(
+            args, output_dir=str(root / name), hub_model_id=args.hub_model_id and f"{args.hub_model_id}-{name}")
         results[name] = train_one(name, model_args, data_args, run_args, prepared)
     if len(names) > 1 and results[names[0]] is not None:
         from .report import write_comparison
@@ -394,9 +396,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
     return results
 
 
-def _with_output_dir(args: TrainingArguments, output_dir: Path) -> TrainingArguments:
-    values = {k: v for k, v in asdict(args).items() if k in {f.name for f in args.__dataclass_fields__.values()
-                                                             if f.init}}
-    values.update(output_dir=str(output_dir), hub_model_id=None if args.hub_model_id is None
-                  else f"{args.hub_model_id}-{output_dir.name}")
-    return TrainingArguments(**values)
+def replace_args(args: TrainingArguments, **changes) -> TrainingArguments:
+    """A copy of the training arguments with some fields changed (TrainingArguments is a dataclass)."""
+    values = {f.name: getattr(args, f.name) for f in fields(args) if f.init}
+    return TrainingArguments(**{**values, **changes})

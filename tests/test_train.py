@@ -1,0 +1,158 @@
+"""train_hf.py end to end on generated images: outputs, model card, remote-code loading, a single test
+evaluation, fine-tuning onto a new label set, eval-only, resume after SIGKILL, and 2-process torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_image_folder, tiny_config
+from huggingface_hub import ModelCard
+
+import modeling.training as training
+from train_hf import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+       "OMP_NUM_THREADS": "1"}
+TINY = ["--image_size", "32", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+        "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_config_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("config")
+    tiny_config().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, image_folder, tiny_config_dir):
+    """One real CLI run (a subprocess, as a user runs it): 2 epochs on a few dozen images."""
+    out = tmp_path_factory.mktemp("run")
+    command = [sys.executable, str(ROOT / "train_hf.py"), "--dataset", str(image_folder), "--config_name",
+               str(tiny_config_dir), "--output_dir", str(out), "--num_train_epochs", "2", *TINY]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_cli_writes_model_report_metrics_and_card(trained):
+    for name in ["model.safetensors", "config.json", "preprocessor_config.json", "modeling_asff_resnet.py",
+                 "configuration_asff_resnet.py", "metrics.json", "README.md"]:
+        assert (trained / name).is_file(), name
+    for name in ["roc.png", "pr.png", "confusion.png", "reliability.png", "report.json", "report.md"]:
+        assert (trained / "report" / name).is_file(), name
+        assert (trained / "report" / "validation" / name).is_file(), name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["n"] == 12 and 0 <= test["metrics"]["accuracy"] <= 1
+    assert set(test["ci95"]) >= {"accuracy", "roc_auc", "f1"}
+    assert metrics["settings"]["init"] == "random (from scratch)"
+    assert not (trained / ".staging").exists()
+    card = ModelCard.load(trained / "README.md")
+    assert "NOT A DIAGNOSTIC DEVICE" in card.text
+    assert card.data.eval_results and {r.metric_type for r in card.data.eval_results} >= {"accuracy", "roc_auc"}
+    assert card.data.to_dict()["decision_threshold"] == pytest.approx(test["threshold"])
+    assert test["threshold_source"].startswith("validation")
+
+
+def test_saved_model_loads_with_remote_code_in_a_fresh_process(trained, tmp_path):
+    code = (f"from transformers import AutoModelForImageClassification as A; "
+            f"m = A.from_pretrained({str(trained)!r}, trust_remote_code=True); print(type(m).__name__)")
+    env = {**ENV, "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "AsffResNetForImageClassification" in result.stdout
+
+
+def test_test_split_is_evaluated_exactly_once(image_folder, tiny_config_dir, tmp_path, monkeypatch):
+    seen = []
+    original = training.predict_probs
+
+    def counting(trainer, dataset):
+        seen.append(len(dataset))
+        return original(trainer, dataset)
+
+    monkeypatch.setattr(training, "predict_probs", counting)
+    args = parse_args(["--dataset", str(image_folder), "--config_name", str(tiny_config_dir), "--output_dir",
+                       str(tmp_path), "--num_train_epochs", "1", "--validation_fraction", "0.25", *TINY])
+    result = training.main(*args)
+    assert seen.count(12) == 1 and seen.count(8) == 1  # test once, validation once (threshold)
+    history = json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert not any(key.startswith("test_") for entry in history for key in entry)
+    assert result["channel"]["test"]["n"] == 12
+
+
+def test_fine_tune_onto_a_new_label_set_then_eval_only(trained, tmp_path):
+    data = make_image_folder(tmp_path / "three", {"train": 6, "test": 3}, labels=("a", "b", "c"), seed=3)
+    out = tmp_path / "finetuned"
+    args = parse_args(["--dataset", str(data), "--model_name_or_path", str(trained), "--output_dir", str(out),
+                       "--num_train_epochs", "1", *TINY])
+    result = training.main(*args)
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}
+    assert result["channel"]["test"]["n"] == 9
+    eval_out = tmp_path / "eval"
+    evaluated = training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(out),
+                                           "--dataset", str(data / "test"), "--output_dir", str(eval_out), *TINY]))
+    assert evaluated["test"]["n"] == 9 and evaluated["test"]["threshold_source"] == "default"
+    assert (eval_out / "report" / "confusion.png").exists() and (eval_out / "metrics.json").exists()
+
+
+def test_eval_only_reproduces_recorded_test_metrics(trained, image_folder, tmp_path):
+    """Any image size: the eval-only path resizes with the saved image processor."""
+    evaluated = training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(trained),
+                                           "--dataset", str(image_folder), "--output_dir", str(tmp_path), *TINY]))
+    recorded = json.loads((trained / "metrics.json").read_text())["test"]
+    assert evaluated["test"]["threshold"] == pytest.approx(recorded["threshold"])
+    for name, value in recorded["metrics"].items():
+        assert evaluated["test"]["metrics"][name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
+
+
+def test_bad_dataset_is_a_clear_cli_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "train_hf.py"), "--dataset", str(tmp_path / "empty"),
+                             "--output_dir", str(tmp_path / "out")], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "no readable images" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_from_the_checkpoint(image_folder, tiny_config_dir, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train_hf.py"), "--dataset", str(image_folder), "--config_name",
+               str(tiny_config_dir), "--output_dir", str(out), "--max_steps", "12", "--save_strategy", "steps",
+               "--save_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", "--save_total_limit", "10", *TINY]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(out.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints and not (out / "metrics.json").exists(), "the first run was killed before finishing"
+    step = int(checkpoints[0].name.split("-")[1])
+    assert step < 12
+    resumed = subprocess.run([*command, "--resume_from_checkpoint", str(checkpoints[0])], env=ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"global step {step}" in resumed.stderr
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12 and (out / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(image_folder, tiny_config_dir, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+               str(ROOT / "train_hf.py"), "--dataset", str(image_folder), "--config_name", str(tiny_config_dir),
+               "--output_dir", str(out), "--num_train_epochs", "1", "--ddp_backend", "gloo", *TINY]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["batch_size"] == 16  # 8 per process x 2 processes
+    assert metrics["test"]["n"] == 12
