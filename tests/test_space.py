@@ -1,0 +1,92 @@
+"""The Hugging Face Space: front matter and pins match what is installed; the assembled folder starts on its own and
+answers /predict through gradio_client."""
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import gradio
+import numpy as np
+import pytest
+from app_fixtures import free_port, wait_for_http
+from conftest import lesion_image
+from gradio_client import Client, handle_file
+from huggingface_hub import SpaceCard
+
+SPACE = Path(__file__).resolve().parents[1] / "space"
+
+
+def load_upload_script():
+    spec = importlib.util.spec_from_file_location("space_upload", SPACE / "upload.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def space_env(**extra) -> dict[str, str]:
+    """The environment minus anything that would let the Space import the repo's code instead of its own copy."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MODEL_ID")}
+    return {**env, "GRADIO_ANALYTICS_ENABLED": "False", **extra}
+
+
+def test_front_matter():
+    data = SpaceCard.load(SPACE / "README.md").data
+    assert data.sdk == "gradio" and data.sdk_version == gradio.__version__
+    assert data.app_file == "app.py" and data.python_version == "3.11" and data.license
+    assert data.title and len(data.short_description) <= 60
+    assert "NOT a diagnostic device" in (SPACE / "README.md").read_text()
+
+
+def test_requirements_pinned_to_installed_versions():
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (SPACE / "requirements.txt").read_text(), flags=re.M)
+    assert {"torch", "transformers", "grad-cam", "huggingface_hub"} <= {name for name, _ in pins}
+    for name, version in pins:
+        assert importlib.metadata.version(name) == version, name
+
+
+def test_dry_run_assembles(tmp_path, capsys):
+    upload = load_upload_script()
+    assert upload.main(["--dry-run", "--target", str(tmp_path / "space")]) == 0
+    target = tmp_path / "space"
+    for name in ("README.md", "app.py", "requirements.txt", "demo.py", "modeling/__init__.py", "modeling/explain.py"):
+        assert (target / name).is_file(), name
+    assert not list(target.rglob("__pycache__"))
+    assert "Assembled" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        upload.main([])  # uploading needs --repo-id
+
+
+def test_space_without_model_id_fails_fast(tmp_path):
+    target = load_upload_script().assemble(tmp_path / "space")
+    result = subprocess.run([sys.executable, "app.py"], cwd=target, env=space_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "MODEL_ID" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_assembled_space_serves_predict(tmp_path, tiny_model_dir):
+    target = load_upload_script().assemble(tmp_path / "space")
+    image = tmp_path / "lesion.jpg"
+    lesion_image(1, np.random.default_rng(0)).save(image)
+    port = free_port()
+    env = space_env(MODEL_ID=str(tiny_model_dir), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    log = (tmp_path / "space.log").open("w")
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=target, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", timeout=240, process=process)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"),
+                        analytics_enabled=False)
+        probs, decision, _ = client.predict(handle_file(image), 0.5, False, api_name="/predict")
+        assert probs["label"] in ("benign", "malignant") and "Prediction" in decision
+    except Exception:
+        log.flush()
+        print((tmp_path / "space.log").read_text()[-3000:])
+        raise
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
