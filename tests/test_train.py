@@ -156,3 +156,23 @@ def test_torchrun_two_processes(image_folder, tiny_config_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["batch_size"] == 16  # 8 per process x 2 processes
     assert metrics["test"]["n"] == 12
+
+
+def test_half_precision_export_loads_as_float32(trained, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForImageClassification
+
+    from modeling.export import export_half_precision
+
+    out = export_half_precision(trained, tmp_path / "release")
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float16}
+    release = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
+    original = AutoModelForImageClassification.from_pretrained(trained, trust_remote_code=True).eval()
+    assert next(release.parameters()).dtype == torch.float32
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(release(x).logits, original(x).logits, atol=1e-2)
+    assert (out / "README.md").is_file() and (out / "report" / "roc.png").is_file()
+    assert not list(out.glob("checkpoint-*"))

@@ -1,0 +1,49 @@
+"""Exports a trained model directory as a compact release: float16 safetensors that load as float32.
+
+    python -m modeling.export runs/asff checkpoints/asff-resnet50-isic2020
+
+Copies the image processor, model card, metrics and report; leaves Trainer checkpoints behind."""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageClassification
+
+COPIED = ("preprocessor_config.json", "README.md", "metrics.json")
+
+
+def export_half_precision(source: str | Path, destination: str | Path) -> Path:
+    """Weights stored in float16 (half the size); `config.json` keeps `dtype: float32`, so `from_pretrained`
+    casts them back to float32 on load."""
+    source, destination = Path(source), Path(destination)
+    model = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, dtype=torch.float32)
+    staging = destination.with_name(destination.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.to(torch.float16).save_pretrained(staging)
+    config_path = staging / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = "float32"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in COPIED:
+        if (source / name).is_file():
+            shutil.copy2(source / name, staging / name)
+    if (source / "report").is_dir():
+        shutil.copytree(source / "report", staging / "report")
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return destination
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a model directory written by train_hf.py")
+    parser.add_argument("destination", type=Path)
+    args = parser.parse_args()
+    print(export_half_precision(args.source, args.destination))
+
+
+if __name__ == "__main__":
+    main()
