@@ -61,7 +61,11 @@ class AsffResNetConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         if isinstance(self.backbone_config, dict):
-            self.backbone_config = {"model_type": "resnet", **self.backbone_config}
+            backbone = {"model_type": "resnet", **self.backbone_config}
+            # ResNetConfig would default to the last stage only; the fusion needs two.
+            if backbone.get("out_features") is None and backbone.get("out_indices") is None:
+                backbone["out_features"] = RESNET50_BACKBONE["out_features"]
+            self.backbone_config = backbone
         if self.id2label is None and kwargs.get("num_labels") in (None, 2):
             self.id2label = dict(DEFAULT_ID2LABEL)
             self.label2id = {v: k for k, v in DEFAULT_ID2LABEL.items()}

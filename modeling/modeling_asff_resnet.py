@@ -104,7 +104,7 @@ class AsffSpatialFusion(nn.Module):
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = self.low_proj(low)
         high = self.high_align(high, low.shape[-2:])
-        compressed = [layer(x) for layer, x in zip(self.level_weights, (low, high))]
+        compressed = [layer(x) for layer, x in zip(self.level_weights, (low, high), strict=True)]
         weights = self.weight_logits(torch.cat(compressed, dim=1)).softmax(dim=1)
         return low * weights[:, :1] + high * weights[:, 1:], weights
 
@@ -116,6 +116,18 @@ class AsffResNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["ResNetConvLayer", "ResNetShortCut"]
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # The backbone is a sub-model that initialises itself (transformers' ResNet scheme, `_init_weights` below never
+        # sees it), so its residual blocks' last BatchNorms are zeroed afterwards. init.zeros_ skips weights that
+        # from_pretrained has loaded.
+        model = self if isinstance(self, AsffResNetModel) else getattr(self, self.base_model_prefix, None)
+        if self.config.zero_init_residual and isinstance(model, AsffResNetModel):
+            for stage in model.backbone.encoder.stages:
+                for block in stage.layers:
+                    init.zeros_(block.layer[-1].normalization.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         # The same scheme as transformers' ResNet: He-normal convs, PyTorch's default for linear layers.
@@ -129,7 +141,7 @@ class AsffResNetPreTrainedModel(PreTrainedModel):
                 bound = 1 / math.sqrt(module.in_features)
                 init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.BatchNorm2d):
-            (init.zeros_ if getattr(module, "_zero_init", False) else init.ones_)(module.weight)
+            init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
@@ -145,10 +157,6 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
     def __init__(self, config: AsffResNetConfig):
         super().__init__(config)
         self.backbone = ResNetBackbone(config.backbone_config)
-        if config.zero_init_residual:
-            for stage in self.backbone.encoder.stages:
-                for block in stage.layers:
-                    block.layer[-1].normalization._zero_init = True
         fusion = self._FUSIONS.get(config.fusion_mode)
         self.fusion = fusion(config) if fusion is not None else None
         # A named point after the fusion, so Grad-CAM can hook the fused map whatever the mode.
@@ -160,12 +168,11 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
     def num_features(self) -> int:
         return self.config.fusion_channels if self.fusion is not None else self.config.stage_channels[1]
 
-    def _check_input(self, pixel_values: torch.Tensor) -> None:
+    def _check_input(self, pixel_values: torch.Tensor | None) -> None:
         channels = self.config.backbone_config.num_channels
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}"
-            )
+        shape = None if pixel_values is None else tuple(pixel_values.shape)
+        if shape is None or len(shape) != 4 or shape[1] != channels:
+            raise ValueError(f"pixel_values must have shape (batch, {channels}, height, width), got {shape}")
 
     def forward(
         self,
