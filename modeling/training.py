@@ -204,16 +204,6 @@ def _publish(staging: Path, destination: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def evaluate_and_report(model, processor, prepared: PreparedData, trainer: Trainer, out_dir: Path, *,
-                        threshold: float, threshold_source: str, title: str) -> dict:
-    """The one test evaluation: probabilities on test -> report (figures, JSON, markdown) in `out_dir`."""
-    from .report import write_report
-
-    probs, labels = predict_probs(trainer, prepared.dataset["test"])
-    return write_report(out_dir, labels, probs, prepared.labels, threshold=threshold,
-                        threshold_source=threshold_source, title=title)
-
-
 def validation_predictions(trainer: Trainer, prepared: PreparedData) -> tuple[np.ndarray, np.ndarray] | None:
     if "validation" not in prepared.dataset:
         return None
@@ -234,8 +224,6 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
               prepared: PreparedData) -> dict | None:
     """Trains one model, selects the best checkpoint on validation, evaluates on test once, and writes the model,
     processor, code, report and model card into `args.output_dir`."""
-    from .report import build_model_card
-
     model, processor = build_model(model_args, prepared.labels, name)
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -257,23 +245,26 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         compute_loss_func=loss_func, callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    # Every process takes part in prediction and saving (collective under DDP); the main one writes the rest.
     validation = validation_predictions(trainer, prepared)
     threshold, source = choose_validation_threshold(validation, model_args.threshold_method)
-    if not trainer.is_world_process_zero():
-        return None
+    test_probs, test_labels = predict_probs(trainer, prepared.dataset["test"])  # the one test evaluation
     output_dir = Path(args.output_dir)
     staging = output_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))  # model (safetensors) + config + code (auto_map) + image processor
+    if not trainer.is_world_process_zero():
+        return None
+    from .report import build_model_card, write_report
+
     validation_summary = None
     if validation is not None:
-        from .report import write_report
-
         validation_summary = write_report(
             staging / "report" / "validation", validation[1], validation[0], prepared.labels, threshold=threshold,
             threshold_source=source, title=f"{name} on {data_args.dataset} (validation split)")
-    summary = evaluate_and_report(model, processor, prepared, trainer, staging / "report", threshold=threshold,
-                                  threshold_source=source, title=f"{name} on {data_args.dataset} (test split)")
+    summary = write_report(staging / "report", test_labels, test_probs, prepared.labels, threshold=threshold,
+                           threshold_source=source, title=f"{name} on {data_args.dataset} (test split)")
     settings = run_settings(model_args, data_args, args, name, prepared)
     settings.update(train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
                     best_checkpoint=trainer.state.best_model_checkpoint,
@@ -333,9 +324,11 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     out = Path(args.output_dir)
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
-    summary = evaluate_and_report(model, processor, prepared, trainer, staging / "report", threshold=threshold,
-                                  threshold_source=source, title=f"{model_args.model_name_or_path} on "
-                                                                 f"{data_args.dataset}")
+    from .report import write_report
+
+    probs, labels = predict_probs(trainer, prepared.dataset["test"])
+    summary = write_report(staging / "report", labels, probs, prepared.labels, threshold=threshold,
+                           threshold_source=source, title=f"{model_args.model_name_or_path} on {data_args.dataset}")
     metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _publish(staging, out)

@@ -4,6 +4,7 @@ evaluation, fine-tuning onto a new label set, eval-only, resume after SIGKILL, a
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,7 +149,10 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(image_folder, tiny_c
 @pytest.mark.slow
 def test_torchrun_two_processes(image_folder, tiny_config_dir, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                str(ROOT / "train_hf.py"), "--dataset", str(image_folder), "--config_name", str(tiny_config_dir),
                "--output_dir", str(out), "--num_train_epochs", "1", "--ddp_backend", "gloo", *TINY]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
