@@ -314,7 +314,7 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     prepared.labels = model_labels
     threshold, source = 0.5, "default"
     card_path = Path(model_args.model_name_or_path) / "README.md"
-    if card_path.is_file():
+    if card_path.is_file() and len(model_labels) == 2:  # a threshold on p(class 1) only means something binary
         recorded = ModelCard.load(card_path).data.to_dict().get("decision_threshold")
         if recorded is not None:
             threshold, source = float(recorded), "model card"
