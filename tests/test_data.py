@@ -122,8 +122,9 @@ def test_real_data_set_layout_and_known_duplicates(real_data):
     prepared = build_dataset_dict(real_data, validation_fraction=0.15, seed=42)
     sizes = {name: len(split) for name, split in prepared.dataset.items()}
     assert sizes["test"] == 660 and sizes["train"] + sizes["validation"] == 2637
-    exact = {tuple(sorted(p.split("/")[-2:] for p in (pair["a"], pair["b"]))) for pair in prepared.duplicates["exact"]}
-    assert (("malignant", "768.jpg"), ("malignant", "769.jpg")) in exact
+    exact = {tuple(sorted("/".join(p.split("/")[-2:]) for p in (pair["a"], pair["b"])))
+             for pair in prepared.duplicates["exact"]}
+    assert ("malignant/768.jpg", "malignant/769.jpg") in exact
     dropped = build_dataset_dict(real_data, validation_fraction=0.15, seed=42, drop_cross_split_duplicates=True)
     assert len(dropped.dataset["test"]) == 660
     assert dropped.duplicates["summary"]["exact"] == {"within_split": 0, "cross_split": 0}
