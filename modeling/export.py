@@ -10,14 +10,28 @@ import shutil
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
 COPIED = ("preprocessor_config.json", "README.md", "metrics.json")
 
 
-def export_half_precision(source: str | Path, destination: str | Path) -> Path:
+def rename_card(card_path: Path, name: str, note: str | None = None) -> None:
+    """Names the release in its model card (metadata, heading, usage snippet) and appends release notes."""
+    card = ModelCard.load(card_path)
+    old = card.data.model_name
+    card.data.model_name = name
+    if old:
+        card.content = card.content.replace(f"\n# {old}\n", f"\n# {name}\n", 1).replace(
+            f'from_pretrained("{old}"', f'from_pretrained("{name}"')
+    if note:
+        card.content += f"\n## Release notes\n\n{note}\n"
+    card.save(card_path)
+
+
+def export_half_precision(source: str | Path, destination: str | Path, note: str | None = None) -> Path:
     """Weights stored in float16 (half the size); `config.json` keeps `dtype: float32`, so `from_pretrained`
-    casts them back to float32 on load."""
+    casts them back to float32 on load. The model card is renamed after the destination folder."""
     source, destination = Path(source), Path(destination)
     model = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, dtype=torch.float32)
     staging = destination.with_name(destination.name + ".staging")
@@ -32,6 +46,8 @@ def export_half_precision(source: str | Path, destination: str | Path) -> Path:
             shutil.copy2(source / name, staging / name)
     if (source / "report").is_dir():
         shutil.copytree(source / "report", staging / "report")
+    if (staging / "README.md").is_file():
+        rename_card(staging / "README.md", destination.name, note)
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
@@ -40,9 +56,10 @@ def export_half_precision(source: str | Path, destination: str | Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a model directory written by train_hf.py")
-    parser.add_argument("destination", type=Path)
+    parser.add_argument("destination", type=Path, help="the release folder (its name becomes the model's name)")
+    parser.add_argument("--note", help="release notes appended to the model card")
     args = parser.parse_args()
-    print(export_half_precision(args.source, args.destination))
+    print(export_half_precision(args.source, args.destination, args.note))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Configuration of ASFF-ResNet: a transformers ResNet backbone whose stage3 and stage4 features are
+fused with learned weights (arXiv 2510.03876) before an MLP classification head."""
+
+from typing import ClassVar
+
+from transformers import ResNetConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+FUSION_MODES = ("channel", "spatial", "none")
+DEFAULT_ID2LABEL = {0: "benign", 1: "malignant"}
+# The layout of `microsoft/resnet-50`, so its weights load without conversion.
+RESNET50_BACKBONE = {
+    "layer_type": "bottleneck",
+    "depths": [3, 4, 6, 3],
+    "hidden_sizes": [256, 512, 1024, 2048],
+    "embedding_size": 64,
+    "out_features": ["stage3", "stage4"],
+}
+
+
+class AsffResNetConfig(PreTrainedConfig):
+    r"""
+    backbone_config (`ResNetConfig` or `dict`, *optional*):
+        The ResNet backbone. Defaults to the ResNet-50 layout; `out_features` must name the two stages to fuse
+        (low level first), by default `["stage3", "stage4"]`.
+    fusion_mode (`str`, *optional*, defaults to `"channel"`):
+        `"channel"`: the paper's code, one softmax weight per channel from the pooled concatenation of both levels.
+        `"spatial"`: the original ASFF (Liu et al. 2019), a softmax over the two levels at every pixel.
+        `"none"`: plain ResNet, the high-level stage only, the same head (the baseline).
+    fusion_channels (`int`, *optional*):
+        Channels the high-level stage is projected to. Defaults to the low-level stage's channels (1024).
+    fusion_hidden_size (`int`, *optional*, defaults to 1024):
+        Hidden width of the channel-weight MLP (`"channel"` mode).
+    spatial_compress_channels (`int`, *optional*, defaults to 16):
+        Channels of the per-level 1x1 weight convolutions (`"spatial"` mode), as in ASFF.
+    head_hidden_size (`int`, *optional*, defaults to 2048):
+        Hidden width of the classification MLP.
+    classifier_dropout (`float`, *optional*, defaults to 0.0):
+        Dropout before the last linear layer.
+    zero_init_residual (`bool`, *optional*, defaults to `True`):
+        Start each residual block's last BatchNorm at zero, so a randomly initialised network begins as a shallow one
+        with small logits (Goyal et al. 2017). Helps training from scratch; irrelevant when weights are loaded.
+    image_size (`int`, *optional*, defaults to 224):
+        Input resolution the model is trained and served at (also written into the image processor).
+    """
+
+    model_type = "asff_resnet"
+    sub_configs_defaults: ClassVar = {
+        "backbone_config": SubConfigSpec(config_class=ResNetConfig, init_kwargs=RESNET50_BACKBONE),
+    }
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    fusion_mode: str = "channel"
+    fusion_channels: int | None = None
+    fusion_hidden_size: int = 1024
+    spatial_compress_channels: int = 16
+    head_hidden_size: int = 2048
+    classifier_dropout: float = 0.0
+    zero_init_residual: bool = True
+    image_size: int = 224
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict):
+            backbone = {"model_type": "resnet", **self.backbone_config}
+            # ResNetConfig would default to the last stage only; the fusion needs two.
+            if backbone.get("out_features") is None and backbone.get("out_indices") is None:
+                backbone["out_features"] = RESNET50_BACKBONE["out_features"]
+            self.backbone_config = backbone
+        if self.id2label is None and kwargs.get("num_labels") in (None, 2):
+            self.id2label = dict(DEFAULT_ID2LABEL)
+            self.label2id = {v: k for k, v in DEFAULT_ID2LABEL.items()}
+        super().__post_init__(**kwargs)
+        if self.fusion_mode not in FUSION_MODES:
+            raise ValueError(f"fusion_mode={self.fusion_mode!r} is not one of {', '.join(FUSION_MODES)}")
+        stages = list(self.backbone_config.out_features)
+        if len(stages) != 2:
+            raise ValueError(f"backbone_config.out_features must name two stages (low, high), got {stages}")
+        low, high = (self.backbone_config.stage_names.index(s) for s in stages)
+        if not low < high:
+            raise ValueError(f"backbone_config.out_features must be ordered low level first, got {stages}")
+        if self.fusion_channels is None:
+            self.fusion_channels = self.backbone_config.hidden_sizes[low - 1]
+        for name in ("fusion_channels", "fusion_hidden_size", "spatial_compress_channels", "head_hidden_size",
+                     "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+
+    @property
+    def stage_channels(self) -> tuple[int, int]:
+        """Channels of the (low, high) stages fed to the fusion module."""
+        names = self.backbone_config.stage_names
+        return tuple(self.backbone_config.hidden_sizes[names.index(s) - 1] for s in self.backbone_config.out_features)
+
+
+__all__ = ["AsffResNetConfig", "FUSION_MODES"]

@@ -1,0 +1,246 @@
+"""ASFF-ResNet (arXiv 2510.03876): a ResNet whose stage3 and stage4 features are fused with learned weights
+before an MLP head. Written in the style of transformers' `modeling_resnet.py`; self-contained so that
+`save_pretrained` can ship it as remote code."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ResNetBackbone
+from transformers import initialization as init
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_asff_resnet import AsffResNetConfig
+
+
+@dataclass
+class AsffResNetModelOutput(ModelOutput):
+    """
+    last_hidden_state: the fused feature map, (batch, channels, height, width) at the low-level stage's size.
+    pooler_output: its global average, (batch, channels).
+    fusion_weights: channel mode (batch, channels) weight of the low-level stage (the high level gets 1 - w);
+        spatial mode (batch, 2, height, width) per-pixel weights of (low, high); none mode None.
+    hidden_states: the backbone's per-stage outputs when `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    fusion_weights: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class AsffResNetImageClassifierOutput(ModelOutput):
+    """Classifier output: `loss` (when labels are given), `logits`, and the model output's `fusion_weights` and
+    `hidden_states`."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    fusion_weights: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _project(in_channels: int, out_channels: int) -> nn.Module:
+    return nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+
+class AsffHighLevelAlign(nn.Module):
+    """Projects the high-level stage to the fusion width with a 1x1 conv, then upsamples it to the low-level
+    size. The paper upsamples first; both steps are linear and bilinear weights sum to one, so this order gives
+    the same result (bias included) at a quarter of the cost."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, high: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(self.proj(high), size=size, mode="bilinear", align_corners=False)
+
+
+class AsffChannelFusion(nn.Module):
+    """The paper's published fusion: a softmax over channels, computed from the pooled concatenation of both
+    levels, weighs the low level (w) against the upsampled high level (1 - w)."""
+
+    def __init__(self, config: AsffResNetConfig):
+        super().__init__()
+        low_channels, high_channels = config.stage_channels
+        channels = config.fusion_channels
+        self.low_proj = _project(low_channels, channels)
+        self.high_align = AsffHighLevelAlign(high_channels, channels)
+        self.weight_mlp = nn.Sequential(
+            nn.Linear(2 * channels, config.fusion_hidden_size),
+            nn.ReLU(),
+            nn.Linear(config.fusion_hidden_size, channels),
+        )
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low = self.low_proj(low)
+        high = self.high_align(high, low.shape[-2:])
+        pooled = torch.cat([low, high], dim=1).mean(dim=(2, 3))
+        weights = self.weight_mlp(pooled).softmax(dim=1)
+        w = weights[:, :, None, None]
+        return low * w + high * (1 - w), weights
+
+
+class AsffSpatialFusion(nn.Module):
+    """The original ASFF (Liu et al. 2019): per-level 1x1 convs, then a softmax across the two levels at every
+    pixel gives (alpha, beta) maps; fused = alpha * low + beta * high."""
+
+    def __init__(self, config: AsffResNetConfig):
+        super().__init__()
+        low_channels, high_channels = config.stage_channels
+        channels, compress = config.fusion_channels, config.spatial_compress_channels
+        self.low_proj = _project(low_channels, channels)
+        self.high_align = AsffHighLevelAlign(high_channels, channels)
+        self.level_weights = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, compress, 1, bias=False), nn.BatchNorm2d(compress), nn.ReLU())
+            for _ in range(2)
+        )
+        self.weight_logits = nn.Conv2d(2 * compress, 2, kernel_size=1)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low = self.low_proj(low)
+        high = self.high_align(high, low.shape[-2:])
+        compressed = [layer(x) for layer, x in zip(self.level_weights, (low, high), strict=True)]
+        weights = self.weight_logits(torch.cat(compressed, dim=1)).softmax(dim=1)
+        return low * weights[:, :1] + high * weights[:, 1:], weights
+
+
+class AsffResNetPreTrainedModel(PreTrainedModel):
+    config: AsffResNetConfig
+    config_class = AsffResNetConfig
+    base_model_prefix = "asff_resnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["ResNetConvLayer", "ResNetShortCut"]
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # The backbone is a sub-model that initialises itself (transformers' ResNet scheme, `_init_weights` below never
+        # sees it), so its residual blocks' last BatchNorms are zeroed afterwards. init.zeros_ skips weights that
+        # from_pretrained has loaded.
+        model = self if isinstance(self, AsffResNetModel) else getattr(self, self.base_model_prefix, None)
+        if self.config.zero_init_residual and isinstance(model, AsffResNetModel):
+            for stage in model.backbone.encoder.stages:
+                for block in stage.layers:
+                    init.zeros_(block.layer[-1].normalization.weight)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The same scheme as transformers' ResNet: He-normal convs, PyTorch's default for linear layers.
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.in_features)
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            if getattr(module, "num_batches_tracked", None) is not None:
+                init.zeros_(module.num_batches_tracked)
+
+
+class AsffResNetModel(AsffResNetPreTrainedModel):
+    """Backbone + fusion: pixel values -> fused feature map, its pooled vector and the fusion weights."""
+
+    _FUSIONS = {"channel": AsffChannelFusion, "spatial": AsffSpatialFusion}
+
+    def __init__(self, config: AsffResNetConfig):
+        super().__init__(config)
+        self.backbone = ResNetBackbone(config.backbone_config)
+        fusion = self._FUSIONS.get(config.fusion_mode)
+        self.fusion = fusion(config) if fusion is not None else None
+        # A named point after the fusion, so Grad-CAM can hook the fused map whatever the mode.
+        self.fusion_output = nn.Identity()
+        self.pooler = nn.AdaptiveAvgPool2d(1)
+        self.post_init()
+
+    @property
+    def num_features(self) -> int:
+        return self.config.fusion_channels if self.fusion is not None else self.config.stage_channels[1]
+
+    def _check_input(self, pixel_values: torch.Tensor | None) -> None:
+        channels = self.config.backbone_config.num_channels
+        shape = None if pixel_values is None else tuple(pixel_values.shape)
+        if shape is None or len(shape) != 4 or shape[1] != channels:
+            raise ValueError(f"pixel_values must have shape (batch, {channels}, height, width), got {shape}")
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AsffResNetModelOutput | tuple:
+        self._check_input(pixel_values)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        features = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        low, high = features.feature_maps
+        if self.fusion is None:
+            fused, weights = high, None
+        else:
+            fused, weights = self.fusion(low, high)
+        fused = self.fusion_output(fused)
+        pooled = self.pooler(fused).flatten(1)
+        output = AsffResNetModelOutput(
+            last_hidden_state=fused, pooler_output=pooled, fusion_weights=weights, hidden_states=features.hidden_states
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
+    """ASFF-ResNet with the paper's MLP head: Linear -> ReLU -> Dropout -> Linear over the pooled fused map."""
+
+    def __init__(self, config: AsffResNetConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.asff_resnet = AsffResNetModel(config)
+        self.classifier = nn.Sequential(
+            nn.Linear(self.asff_resnet.num_features, config.head_hidden_size),
+            nn.ReLU(),
+            nn.Dropout(config.classifier_dropout),
+            nn.Linear(config.head_hidden_size, config.num_labels),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AsffResNetImageClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the cross-entropy loss (`problem_type` is inferred as in transformers' ResNet).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.asff_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = AsffResNetImageClassifierOutput(
+            loss=loss, logits=logits, fusion_weights=outputs.fusion_weights, hidden_states=outputs.hidden_states
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "AsffResNetForImageClassification",
+    "AsffResNetModel",
+    "AsffResNetPreTrainedModel",
+    "AsffResNetModelOutput",
+    "AsffResNetImageClassifierOutput",
+]
