@@ -9,6 +9,7 @@ numpy over all resamples at once (tests check it equals the module on the full s
 import json
 import math
 import re
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def _plot_figures(out_dir: Path, labels: np.ndarray, probs: np.ndarray, label_na
                   metrics: dict[str, float], title: str) -> list[str]:
     figures: list[str] = []
     num_classes = probs.shape[1]
-    suffix = f" — {title}" if title else ""
+    suffix = "\n" + textwrap.shorten(title, width=60, placeholder="…") if title else ""  # figures are 5 in wide
     # One-vs-rest curves: for two classes only the positive class; classes without positives and negatives skipped.
     curves = [1] if num_classes == 2 else list(range(num_classes))
     curves = [k for k in curves if 0 < (labels == k).sum() < len(labels)]

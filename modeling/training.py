@@ -262,9 +262,9 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     if validation is not None:
         validation_summary = write_report(
             staging / "report" / "validation", validation[1], validation[0], prepared.labels, threshold=threshold,
-            threshold_source=source, title=f"{name} on {data_args.dataset} (validation split)")
+            threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (validation split)")
     summary = write_report(staging / "report", test_labels, test_probs, prepared.labels, threshold=threshold,
-                           threshold_source=source, title=f"{name} on {data_args.dataset} (test split)")
+                           threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (test split)")
     settings = run_settings(model_args, data_args, args, name, prepared)
     settings.update(train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
                     best_checkpoint=trainer.state.best_model_checkpoint,
@@ -327,8 +327,9 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     from .report import write_report
 
     probs, labels = predict_probs(trainer, prepared.dataset["test"])
+    title = f"{Path(model_args.model_name_or_path).name} on {Path(data_args.dataset).name}"
     summary = write_report(staging / "report", labels, probs, prepared.labels, threshold=threshold,
-                           threshold_source=source, title=f"{model_args.model_name_or_path} on {data_args.dataset}")
+                           threshold_source=source, title=title)
     metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _publish(staging, out)
