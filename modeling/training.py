@@ -266,7 +266,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     summary = write_report(staging / "report", test_labels, test_probs, prepared.labels, threshold=threshold,
                            threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (test split)")
     settings = run_settings(model_args, data_args, args, name, prepared)
-    settings.update(train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
+    settings.update(image_size=getattr(model.config, "image_size", model_args.image_size),
+                    train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
                     best_checkpoint=trainer.state.best_model_checkpoint,
                     best_validation_metric=trainer.state.best_metric)
     metrics = {"model": name, "test": summary, "validation": validation_summary,
