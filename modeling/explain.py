@@ -33,6 +33,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from . import AsffResNetConfig  # noqa: F401  (importing the package registers the Auto classes)
 from .image_utils import to_rgb
+from .model_card import read_model_card
 
 MIN_IMAGE_SIDE = 16
 MIN_OVERLAY_SIDE = 224
@@ -105,7 +106,7 @@ def load_classifier(model_id_or_dir: str | Path) -> tuple[nn.Module, Any, ModelI
     model = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, dtype=torch.float32)
     model = model.float().eval().requires_grad_(False)
     processor = AutoImageProcessor.from_pretrained(source)
-    card_text, card_data = _load_card(source)
+    card_text, card_data = read_model_card(source)
     threshold = float(card_data.get("decision_threshold", DEFAULT_THRESHOLD))
     model.decision_threshold = threshold
     config = model.config
@@ -121,19 +122,6 @@ def load_classifier(model_id_or_dir: str | Path) -> tuple[nn.Module, Any, ModelI
         card_data=card_data,
     )
     return model, processor, info
-
-
-def _load_card(source: str) -> tuple[str | None, dict[str, Any]]:
-    from huggingface_hub import ModelCard
-
-    path = Path(source) / "README.md"
-    if Path(source).is_dir() and not path.is_file():
-        return None, {}
-    try:
-        card = ModelCard.load(path if path.is_file() else source, ignore_metadata_errors=True)
-    except Exception:  # no card on the Hub, or offline: the card is optional
-        return None, {}
-    return card.text, card.data.to_dict()
 
 
 def load_image(source: ImageSource, notes: list[str] | None = None) -> Image.Image:

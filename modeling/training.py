@@ -29,6 +29,7 @@ from .configuration_asff_resnet import FUSION_MODES, AsffResNetConfig
 from .data import PreparedData, build_dataset_dict, build_transforms, collate_fn, make_transform_fn
 from .image_processing import build_image_processor
 from .metrics import compute_classification_metrics
+from .model_card import read_model_card
 from .modeling_asff_resnet import AsffResNetForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -297,8 +298,6 @@ def push_folder(folder: Path, repo_id: str, token: str | None = None, private: b
 def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     """Evaluates a saved model on the test split of a folder (or on all of it when it has no splits), at the
     threshold its model card records (else 0.5)."""
-    from huggingface_hub import ModelCard
-
     if not model_args.model_name_or_path:
         raise ValueError("--do_eval_only needs --model_name_or_path")
     model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
@@ -314,11 +313,9 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
             names=model_labels))
     prepared.labels = model_labels
     threshold, source = 0.5, "default"
-    card_path = Path(model_args.model_name_or_path) / "README.md"
-    if card_path.is_file() and len(model_labels) == 2:  # a threshold on p(class 1) only means something binary
-        recorded = ModelCard.load(card_path).data.to_dict().get("decision_threshold")
-        if recorded is not None:
-            threshold, source = float(recorded), "model card"
+    recorded = read_model_card(model_args.model_name_or_path)[1].get("decision_threshold")
+    if recorded is not None and len(model_labels) == 2:  # a threshold on p(class 1) only means something binary
+        threshold, source = float(recorded), "model card"
     attach_transforms(prepared, processor, strength=0.0)
     trainer = Trainer(model=model, args=replace_args(args, eval_strategy="no", load_best_model_at_end=False),
                       data_collator=collate_fn, processing_class=processor)
