@@ -6,6 +6,7 @@ a thousand resamples; calling scikit-learn a thousand times takes minutes, so `_
 numpy over all resamples at once (tests check it equals the module on the full sample).
 """
 
+import csv
 import json
 import math
 import re
@@ -43,6 +44,7 @@ METRIC_NAMES = {
     "ece": "Expected calibration error",
 }
 ECE_BINS = 10
+PREDICTIONS_FILE = "predictions.csv"
 
 
 def _as_arrays(labels, probs) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +216,43 @@ def bootstrap_ci(
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high, strict=True)}
 
 
+def paired_bootstrap(
+    labels,
+    probs_a,
+    probs_b,
+    threshold_a: float = 0.5,
+    threshold_b: float = 0.5,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float | list[float]]]:
+    """Model A minus model B on the same samples: for every metric, the difference and its percentile-bootstrap
+    interval, resampling images (not models) so the pairing is kept. Each model uses its own threshold."""
+    labels, probs_a = _as_arrays(labels, probs_a)
+    _, probs_b = _as_arrays(labels, probs_b)
+    if probs_a.shape != probs_b.shape:
+        raise ValueError(f"the two models' probabilities differ in shape: {probs_a.shape} vs {probs_b.shape}")
+    names = [*_metric_names(probs_a.shape[1]), "ece"]
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        index = np.moveaxis(np.asarray(index), axis, -1)
+        flat = index.reshape(-1, index.shape[-1])
+        a = _batched_metrics(labels, probs_a, threshold_a, flat)
+        b = _batched_metrics(labels, probs_b, threshold_b, flat)
+        return np.stack([(a[name] - b[name]).reshape(index.shape[:-1]) for name in names])
+
+    n = len(labels)
+    point = statistic(np.arange(n)[None])[:, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = bootstrap((np.arange(n),), statistic, n_resamples=n_resamples,
+                           batch=max(1, min(n_resamples, 1_000_000 // n)), vectorized=True,
+                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return _finite_or_none({name: {"delta": float(d), "ci95": [float(lo), float(hi)]}
+                            for name, d, lo, hi in zip(names, point, low, high, strict=True)})
+
+
 def _new_axes(size: tuple[float, float] = (5, 5)):
     figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)  # Agg, without touching pyplot's global backend
@@ -320,11 +359,13 @@ def write_report(
     threshold_source: str = "default",
     title: str = "",
     n_resamples: int = 1000,
+    sample_ids: list[str] | None = None,
 ) -> dict:
-    """Writes `roc.png`, `pr.png`, `confusion.png`, `reliability.png`, `report.json` and `report.md` into `out_dir`
-    and returns the JSON summary (undefined values as None). Threshold metrics use `threshold` on p(class 1) for two
-    classes, the argmax for more; confidence intervals are 95 % percentile bootstrap intervals (`n_resamples=0`
-    skips them)."""
+    """Writes `roc.png`, `pr.png`, `confusion.png`, `reliability.png`, `report.json`, `report.md` and `predictions.csv`
+    (one row per sample: `sample_ids` or the row number, label, probabilities; what paired comparisons between
+    models need) into `out_dir` and returns the JSON summary (undefined values as None). Threshold metrics use
+    `threshold` on p(class 1) for two classes, the argmax for more; confidence intervals are 95 % percentile
+    bootstrap intervals (`n_resamples=0` skips them)."""
     labels, probs = _as_arrays(labels, probs)
     if len(label_names) != probs.shape[1]:
         raise ValueError(f"{len(label_names)} label names for {probs.shape[1]} classes")
@@ -352,6 +393,7 @@ def write_report(
         }
     )
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_predictions(out_dir / PREDICTIONS_FILE, labels, probs, label_names, sample_ids)
     counts = ", ".join(f"{name} {count}" for name, count in summary["class_counts"].items())
     lines = [
         f"# {title or 'Evaluation report'}",
@@ -368,6 +410,29 @@ def write_report(
     return summary
 
 
+def write_predictions(path, labels, probs, label_names: list[str], sample_ids: list[str] | None = None) -> None:
+    labels, probs = _as_arrays(labels, probs)
+    ids = [str(i) for i in range(len(labels))] if sample_ids is None else [str(i) for i in sample_ids]
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} sample ids for {len(labels)} samples")
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label", *[f"p_{name}" for name in label_names]])
+        for sample, label, row in zip(ids, labels, probs, strict=True):
+            writer.writerow([sample, label_names[label], *[f"{p:.7g}" for p in row]])
+
+
+def read_predictions(path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(ids, labels, probabilities, label names) from a `predictions.csv` written by `write_report`."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    label_names = [name.removeprefix("p_") for name in rows[0][2:]]
+    ids = [row[0] for row in rows[1:]]
+    labels = np.array([label_names.index(row[1]) for row in rows[1:]], dtype=np.int64)
+    probs = np.array([[float(p) for p in row[2:]] for row in rows[1:]], dtype=np.float32)
+    return ids, labels, probs, label_names
+
+
 def comparison_table(summaries: dict[str, dict]) -> str:
     """Markdown table, one row per model: each metric as "value [CI low, CI high]" at the model's own threshold."""
     header = ["model", "threshold", *COMPARISON_METRICS]
@@ -382,16 +447,60 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def write_comparison(out_dir, summaries: dict[str, dict]) -> None:
-    """Writes `comparison.md` (the table) and `comparison.json` (the summaries, keyed by model)."""
+def paired_table(differences: dict[str, dict], reference: str) -> str:
+    """Markdown table of `paired_bootstrap` results, one row per model compared with `reference`."""
+    header = ["model − " + reference, *COMPARISON_METRICS]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, difference in differences.items():
+        cells = [model]
+        for name in COMPARISON_METRICS:
+            entry = difference.get(name)
+            if entry is None or entry["delta"] is None:
+                cells.append("–")
+                continue
+            low, high = entry["ci95"]
+            interval = "" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
+            cells.append(f"{entry['delta']:+.3f}{interval}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_comparison(out_dir, summaries: dict[str, dict],
+                     predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]] | None = None,
+                     n_resamples: int = 2000) -> dict:
+    """Writes `comparison.md` and `comparison.json`: one row per model (`summaries`, from `write_report`) and, when
+    every model's test `predictions` (ids, labels, probabilities) are given, paired bootstrap differences of each
+    model from the first one on the same images. Returns the JSON written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = (
-        f"# Model comparison (test set)\n\n{comparison_table(summaries)}\n\n"
-        "Values at each model's decision threshold, [95 % bootstrap CI].\n"
-    )
+    text = (f"# Model comparison (test set)\n\n{comparison_table(summaries)}\n\n"
+            "Values at each model's decision threshold, [95 % bootstrap CI].\n")
+    payload = {"models": summaries}
+    if predictions and len(summaries) > 1 and set(predictions) >= set(summaries):
+        reference, *others = list(summaries)
+        ids, labels, probs = predictions[reference]
+        order = {sample: i for i, sample in enumerate(ids)}
+        differences = {}
+        for name in others:
+            other_ids, other_labels, other_probs = predictions[name]
+            if sorted(other_ids) != sorted(ids):
+                raise ValueError(f"{name} and {reference} were not evaluated on the same images")
+            index = np.array([order[sample] for sample in other_ids])
+            if not np.array_equal(labels[index], other_labels):
+                raise ValueError(f"{name} and {reference} disagree on the labels of the same images")
+            differences[name] = paired_bootstrap(labels[index], other_probs, probs[index],
+                                                 summaries[name]["threshold"], summaries[reference]["threshold"],
+                                                 n_resamples=n_resamples)
+        payload["paired_vs"] = reference
+        payload["paired_differences"] = differences
+        text += (f"\n## Paired differences from `{reference}` (same {len(ids)} images)\n\n"
+                 f"{paired_table(differences, reference)}\n\nEach model at its own threshold; [95 % paired "
+                 f"percentile-bootstrap CI, {n_resamples} resamples of images]. An interval that contains 0 is no "
+                 "measurable difference.\n")
     (out_dir / "comparison.md").write_text(text)
-    (out_dir / "comparison.json").write_text(json.dumps(_finite_or_none(summaries), indent=2) + "\n")
+    payload = _finite_or_none(payload)
+    (out_dir / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
 
 
 def _describe_model(settings: dict, base_model: str | None) -> tuple[str, list[str]]:
@@ -564,6 +673,10 @@ __all__ = [
     "choose_threshold",
     "comparison_table",
     "expected_calibration_error",
+    "paired_bootstrap",
+    "paired_table",
+    "read_predictions",
     "write_comparison",
+    "write_predictions",
     "write_report",
 ]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from transformers import (
     EvalPrediction,
     PreTrainedModel,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
 
@@ -62,6 +65,9 @@ class ModelArguments:
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster on CPU)"})
     num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "stop training (evaluating and saving first) once this much time has passed; the best checkpoint "
+                "so far is then selected as usual. A safety net for fixed budgets: the schedule is not shortened"})
     do_eval_only: bool = field(default=False, metadata={
         "help": "evaluate --model_name_or_path on the test split of --dataset (or on all of it) and report"})
 
@@ -221,6 +227,45 @@ def choose_validation_threshold(validation: tuple[np.ndarray, np.ndarray] | None
     return float(choose_threshold(labels, probs, method=method)), f"validation ({method})"
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training at the first step past `seconds`, with an evaluation and a checkpoint, so that the best
+    checkpoint so far is selected and the test evaluation still runs."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.stopped = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.stopped and time.monotonic() - self.start > self.seconds:
+            logger.warning("time budget of %.1f min reached at epoch %.2f: stopping", self.seconds / 60, state.epoch)
+            self.stopped = control.should_training_stop = True
+            control.should_evaluate = control.should_save = args.eval_strategy != "no"
+        return control
+
+
+def hardware() -> str:
+    """What the run trained on, for the settings and the model card."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sample_ids(dataset, root: str | None) -> list[str] | None:
+    """Image paths relative to the dataset folder (stable across machines), for the saved predictions."""
+    if "path" not in dataset.column_names:
+        return None
+    paths = dataset.with_format(None)["path"]
+    if root and Path(root).is_dir():
+        base = Path(root).resolve()
+        return [Path(path).resolve().relative_to(base).as_posix() if Path(path).resolve().is_relative_to(base)
+                else path for path in paths]
+    return paths
+
+
 def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
               prepared: PreparedData) -> dict | None:
     """Trains one model, selects the best checkpoint on validation, evaluates on test once, and writes the model,
@@ -233,6 +278,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     if data_args.max_train_samples:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     callbacks = []
+    if model_args.max_train_minutes:
+        callbacks.append(TimeBudgetCallback(model_args.max_train_minutes * 60))
     if model_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
     loss_func = None
@@ -263,14 +310,19 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     if validation is not None:
         validation_summary = write_report(
             staging / "report" / "validation", validation[1], validation[0], prepared.labels, threshold=threshold,
-            threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (validation split)")
+            threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (validation split)",
+            sample_ids=sample_ids(prepared.dataset["validation"], data_args.dataset))
     summary = write_report(staging / "report", test_labels, test_probs, prepared.labels, threshold=threshold,
-                           threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (test split)")
+                           threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (test split)",
+                           sample_ids=sample_ids(prepared.dataset["test"], data_args.dataset))
     settings = run_settings(model_args, data_args, args, name, prepared)
     settings.update(image_size=getattr(model.config, "image_size", model_args.image_size),
                     train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
                     best_checkpoint=trainer.state.best_model_checkpoint,
-                    best_validation_metric=trainer.state.best_metric)
+                    best_validation_metric=trainer.state.best_metric, epochs_completed=round(trainer.state.epoch, 2),
+                    hardware=hardware())
+    if any(isinstance(c, TimeBudgetCallback) and c.stopped for c in callbacks):
+        settings["stopped_by_time_budget_min"] = model_args.max_train_minutes
     metrics = {"model": name, "test": summary, "validation": validation_summary,
                "train": result.metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary")}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -327,7 +379,8 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     probs, labels = predict_probs(trainer, prepared.dataset["test"])
     title = f"{Path(model_args.model_name_or_path).name} on {Path(data_args.dataset).name}"
     summary = write_report(staging / "report", labels, probs, prepared.labels, threshold=threshold,
-                           threshold_source=source, title=title)
+                           threshold_source=source, title=title,
+                           sample_ids=sample_ids(prepared.dataset["test"], data_args.dataset))
     metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _publish(staging, out)
@@ -382,9 +435,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
             args, output_dir=str(root / name), hub_model_id=args.hub_model_id and f"{args.hub_model_id}-{name}")
         results[name] = train_one(name, model_args, data_args, run_args, prepared)
     if len(names) > 1 and results[names[0]] is not None:
-        from .report import write_comparison
+        from .compare import compare_runs
 
-        write_comparison(root, {name: result["test"] for name, result in results.items()})
+        compare_runs(root, {name: root / name for name in names})
     return results
 
 

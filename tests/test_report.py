@@ -1,5 +1,5 @@
 """Report: threshold choice, calibration, the bootstrap's batched metrics against the evaluate module, files,
-comparison tables and the model card round trip."""
+saved predictions, comparison tables with paired differences, and the model card round trip."""
 
 import json
 import math
@@ -19,6 +19,8 @@ from modeling.report import (
     choose_threshold,
     comparison_table,
     expected_calibration_error,
+    paired_bootstrap,
+    read_predictions,
     write_comparison,
     write_report,
 )
@@ -178,7 +180,7 @@ def test_comparison_table(summaries, tmp_path):
     assert lines[3].split(" | ")[5] == "–"  # no specificity for three classes
     write_comparison(tmp_path, summaries)
     assert table in (tmp_path / "comparison.md").read_text()
-    assert set(json.loads((tmp_path / "comparison.json").read_text())) == set(summaries)
+    assert set(json.loads((tmp_path / "comparison.json").read_text())["models"]) == set(summaries)
 
 
 def card_kwargs(summary: dict, **overrides) -> dict:
@@ -231,3 +233,38 @@ def test_model_card_skips_undefined_metrics(summaries):
     loaded = ModelCard(str(build_model_card(**card_kwargs(summary))))
     assert "roc_auc" not in {r.metric_type for r in loaded.data.eval_results}
     assert not any(isinstance(r.metric_value, float) and math.isnan(r.metric_value) for r in loaded.data.eval_results)
+
+
+def test_paired_bootstrap_is_zero_for_a_model_against_itself_and_signed_for_a_better_one():
+    labels, probs = binary_data()
+    same = paired_bootstrap(labels, probs, probs, 0.5, 0.5, n_resamples=200)
+    for name in ("accuracy", "roc_auc", "pr_auc", "ece"):
+        assert same[name]["delta"] == 0 and same[name]["ci95"] == [0, 0], name
+    better = np.stack([1 - labels, labels], axis=1) * 0.6 + probs * 0.4  # closer to the truth
+    difference = paired_bootstrap(labels, better, probs, n_resamples=200)
+    expected = compute_classification_metrics(better, labels)["roc_auc"] - compute_classification_metrics(
+        probs, labels)["roc_auc"]
+    assert difference["roc_auc"]["delta"] == pytest.approx(expected, abs=1e-12)
+    low, high = difference["roc_auc"]["ci95"]
+    assert 0 < low <= expected <= high
+    with pytest.raises(ValueError):
+        paired_bootstrap(labels, probs, probs[:10])
+
+
+def test_predictions_round_trip_and_paired_comparison(tmp_path):
+    labels, probs = binary_data(n=80)
+    ids = [f"test/{'malignant' if y else 'benign'}/{i}.jpg" for i, y in enumerate(labels)]
+    write_report(tmp_path / "a", labels, probs, LABEL_NAMES, n_resamples=0, sample_ids=ids)
+    read_ids, read_labels, read_probs, names = read_predictions(tmp_path / "a" / "predictions.csv")
+    assert read_ids == ids and names == LABEL_NAMES and np.array_equal(read_labels, labels)
+    np.testing.assert_allclose(read_probs, probs, atol=1e-6)
+    summaries = {"a": {"threshold": 0.5, "metrics": {}}, "b": {"threshold": 0.4, "metrics": {}}}
+    order = np.random.default_rng(1).permutation(80)  # the same images in another order are still paired
+    shuffled = ([ids[i] for i in order], labels[order], probs[order])
+    payload = write_comparison(tmp_path, summaries, {"a": (ids, labels, probs), "b": shuffled}, n_resamples=100)
+    assert payload["paired_vs"] == "a"
+    assert payload["paired_differences"]["b"]["roc_auc"]["delta"] == pytest.approx(0, abs=1e-12)
+    text = (tmp_path / "comparison.md").read_text()
+    assert "## Paired differences from `a` (same 80 images)" in text and "| b | " in text
+    with pytest.raises(ValueError, match="same images"):
+        write_comparison(tmp_path, summaries, {"a": (ids, labels, probs), "b": (ids[:79], labels[:79], probs[:79])})

@@ -114,6 +114,38 @@ def test_eval_only_reproduces_recorded_test_metrics(trained, image_folder, tmp_p
         assert evaluated["test"]["metrics"][name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
 
 
+def test_models_under_one_recipe_with_paired_comparison_and_time_budget(image_folder, tiny_config_dir, tmp_path):
+    """`--models a,b` trains each under the same arguments, saves test predictions keyed by image path, and writes
+    the comparison with paired differences; a time budget stops training early but keeps the rest of the run."""
+    args = parse_args(["--dataset", str(image_folder), "--config_name", str(tiny_config_dir), "--output_dir",
+                       str(tmp_path), "--models", "channel,none", "--num_train_epochs", "3",
+                       "--max_train_minutes", "1e-6", *TINY])
+    results = training.main(*args)
+    for name in ("channel", "none"):
+        settings = results[name]["settings"]
+        assert settings["stopped_by_time_budget_min"] == 1e-6 and 0 < settings["epochs_completed"] < 1
+        assert settings["hardware"].startswith("CPU")
+        rows = (tmp_path / name / "report" / "predictions.csv").read_text().splitlines()
+        assert rows[0] == "id,label,p_benign,p_malignant" and len(rows) == 13
+        assert rows[1].split(",")[0].startswith("test/") and rows[1].split(",")[0].endswith(".jpg")
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert list(comparison["models"]) == ["channel", "none"] and comparison["paired_vs"] == "channel"
+    assert set(comparison["paired_differences"]["none"]) >= {"accuracy", "roc_auc"}
+    assert "Paired differences from `channel` (same 12 images)" in (tmp_path / "comparison.md").read_text()
+    # The same comparison from the saved run directories, by the CLI, with the other reference.
+    result = subprocess.run([sys.executable, "-m", "modeling.compare", "--output_dir", str(tmp_path / "cli"),
+                             f"none={tmp_path / 'none'}", str(tmp_path / "channel")], env=ENV, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Paired differences from `none`" in result.stdout
+    cli = json.loads((tmp_path / "cli" / "comparison.json").read_text())
+    assert cli["paired_differences"]["channel"]["roc_auc"]["delta"] == pytest.approx(
+        -comparison["paired_differences"]["none"]["roc_auc"]["delta"], abs=1e-9)
+    missing = subprocess.run([sys.executable, "-m", "modeling.compare", "--output_dir", str(tmp_path / "x"),
+                              str(tmp_path)], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no report/report.json" in missing.stderr
+
+
 def test_bad_dataset_is_a_clear_cli_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = subprocess.run([sys.executable, str(ROOT / "train_hf.py"), "--dataset", str(tmp_path / "empty"),
