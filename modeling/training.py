@@ -306,6 +306,7 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         return None
     from .report import build_model_card, write_report
 
+    trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the log history: learning curves
     validation_summary = None
     if validation is not None:
         validation_summary = write_report(

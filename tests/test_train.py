@@ -132,6 +132,8 @@ def test_models_under_one_recipe_with_paired_comparison_and_time_budget(image_fo
     assert list(comparison["models"]) == ["channel", "none"] and comparison["paired_vs"] == "channel"
     assert set(comparison["paired_differences"]["none"]) >= {"accuracy", "roc_auc"}
     assert "Paired differences from `channel` (same 12 images)" in (tmp_path / "comparison.md").read_text()
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0  # from each run's saved trainer_state.json
+    assert "log_history" in json.loads((tmp_path / "channel" / "trainer_state.json").read_text())
     # The same comparison from the saved run directories, by the CLI, with the other reference.
     result = subprocess.run([sys.executable, "-m", "modeling.compare", "--output_dir", str(tmp_path / "cli"),
                              f"none={tmp_path / 'none'}", str(tmp_path / "channel")], env=ENV, cwd=ROOT,
