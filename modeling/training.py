@@ -243,7 +243,8 @@ class TimeBudgetCallback(TrainerCallback):
         if not self.stopped and time.monotonic() - self.start > self.seconds:
             logger.warning("time budget of %.1f min reached at epoch %.2f: stopping", self.seconds / 60, state.epoch)
             self.stopped = control.should_training_stop = True
-            control.should_evaluate = control.should_save = args.eval_strategy != "no"
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = args.save_strategy != "no"
         return control
 
 
