@@ -178,6 +178,26 @@ def expected_calibration_error(labels, probs, n_bins: int = 10) -> float:
     return float(_batched_ece(confidence[None], outcome[None], n_bins)[0])
 
 
+def _bootstrap(metric_rows, n: int, names: list[str], n_resamples: int, confidence: float, seed: int,
+               method: str, memory_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """`scipy.stats.bootstrap` over sample indices 0..n-1, vectorised: `metric_rows(index (B, n))` returns
+    {name: (B,)}; returns the interval bounds, one per name. NaN statistics of degenerate resamples (an AUC with one
+    class) make that interval NaN."""
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        index = np.moveaxis(np.asarray(index), axis, -1)
+        values = metric_rows(index.reshape(-1, index.shape[-1]))
+        return np.stack([values[name].reshape(index.shape[:-1]) for name in names])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = bootstrap((np.arange(n),), statistic, n_resamples=n_resamples,
+                           batch=max(1, min(n_resamples, memory_width // n)),  # bounds memory: batch x n x C at once
+                           vectorized=True, confidence_level=confidence, method=method,
+                           rng=np.random.default_rng(seed))
+    return result.confidence_interval
+
+
 def bootstrap_ci(
     labels,
     probs,
@@ -192,27 +212,8 @@ def bootstrap_ci(
     An interval is NaN where some resample leaves a metric undefined (e.g. an AUC with one class)."""
     labels, probs = _as_arrays(labels, probs)
     names = [*_metric_names(probs.shape[1]), "ece"]
-
-    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
-        index = np.moveaxis(np.asarray(index), axis, -1)
-        batch_shape = index.shape[:-1]
-        values = _batched_metrics(labels, probs, threshold, index.reshape(-1, index.shape[-1]))
-        return np.stack([values[name].reshape(batch_shape) for name in names])
-
-    n = len(labels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # NaN statistics of degenerate resamples: reported as NaN
-        result = bootstrap(
-            (np.arange(n),),
-            statistic,
-            n_resamples=n_resamples,
-            batch=max(1, min(n_resamples, 2_000_000 // n)),  # bounds memory: batch x n x C probabilities at a time
-            vectorized=True,
-            confidence_level=confidence,
-            method=method,
-            rng=np.random.default_rng(seed),
-        )
-    low, high = result.confidence_interval
+    low, high = _bootstrap(lambda index: _batched_metrics(labels, probs, threshold, index), len(labels), names,
+                           n_resamples, confidence, seed, method, memory_width=2_000_000)
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high, strict=True)}
 
 
@@ -234,23 +235,16 @@ def paired_bootstrap(
         raise ValueError(f"the two models' probabilities differ in shape: {probs_a.shape} vs {probs_b.shape}")
     names = [*_metric_names(probs_a.shape[1]), "ece"]
 
-    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
-        index = np.moveaxis(np.asarray(index), axis, -1)
-        flat = index.reshape(-1, index.shape[-1])
-        a = _batched_metrics(labels, probs_a, threshold_a, flat)
-        b = _batched_metrics(labels, probs_b, threshold_b, flat)
-        return np.stack([(a[name] - b[name]).reshape(index.shape[:-1]) for name in names])
+    def difference(index: np.ndarray) -> dict[str, np.ndarray]:
+        a = _batched_metrics(labels, probs_a, threshold_a, index)
+        b = _batched_metrics(labels, probs_b, threshold_b, index)
+        return {name: a[name] - b[name] for name in names}
 
     n = len(labels)
-    point = statistic(np.arange(n)[None])[:, 0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = bootstrap((np.arange(n),), statistic, n_resamples=n_resamples,
-                           batch=max(1, min(n_resamples, 1_000_000 // n)), vectorized=True,
-                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return _finite_or_none({name: {"delta": float(d), "ci95": [float(lo), float(hi)]}
-                            for name, d, lo, hi in zip(names, point, low, high, strict=True)})
+    point = difference(np.arange(n)[None])
+    low, high = _bootstrap(difference, n, names, n_resamples, confidence, seed, "percentile", memory_width=1_000_000)
+    return _finite_or_none({name: {"delta": float(point[name][0]), "ci95": [float(lo), float(hi)]}
+                            for name, lo, hi in zip(names, low, high, strict=True)})
 
 
 def _new_axes(size: tuple[float, float] = (5, 5)):

@@ -1,11 +1,14 @@
-"""Helpers for the demo tests: bad and unusual image files, tiny model directories, free ports."""
+"""Helpers for the demo tests: bad and unusual image files, tiny model directories, free ports, a served app."""
 
 import io
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +127,25 @@ def wait_for_http(url: str, timeout: float = 120, process=None) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def served_client(command: list[str], cwd: Path, env: dict, port: int, log_path: Path,
+                  timeout: float = 240) -> Iterator:
+    """Starts `command` (a Gradio app listening on `port`), yields a gradio_client Client for it, prints the end of
+    the app's log when the body fails, and stops the app."""
+    from gradio_client import Client
+
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/", timeout=timeout, process=process)
+            yield Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(log_path.parent / "downloads"),
+                         analytics_enabled=False)
+        except Exception:
+            log.flush()
+            print(log_path.read_text()[-3000:])
+            raise
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

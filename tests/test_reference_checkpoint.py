@@ -2,10 +2,16 @@
 split reproduces the metrics its card records (issue: within 0.5 percentage points), and `python app.py` serves it."""
 
 import json
+import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from app_fixtures import free_port, served_client
+from conftest import lesion_image
+from gradio_client import handle_file
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
@@ -42,34 +48,12 @@ def test_eval_only_reproduces_recorded_test_metrics(real_data, tmp_path):
 @pytest.mark.slow
 def test_app_without_arguments_serves_it(tmp_path):
     """`python app.py` (no arguments) serves the committed checkpoint; /predict answers with its threshold."""
-    import os
-    import subprocess
-    import sys
-
-    import numpy as np
-    from app_fixtures import free_port, wait_for_http
-    from conftest import lesion_image
-    from gradio_client import Client, handle_file
-
     image = tmp_path / "lesion.jpg"
     lesion_image(1, np.random.default_rng(0), size=224).save(image)
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = (tmp_path / "app.log").open("w")
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=CHECKPOINT.parents[1], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/", timeout=240, process=process)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"),
-                        analytics_enabled=False)
+    command = [sys.executable, "app.py", "--port", str(port)]
+    with served_client(command, CHECKPOINT.parents[1], env, port, tmp_path / "app.log") as client:
         threshold = ModelCard.load(CHECKPOINT / "README.md").data.to_dict()["decision_threshold"]
         probs, decision, _ = client.predict(handle_file(image), threshold, False, api_name="/predict")
         assert probs["label"] in ("benign", "malignant") and "Prediction" in decision
-    except Exception:
-        log.flush()
-        print((tmp_path / "app.log").read_text()[-3000:])
-        raise
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()

@@ -12,9 +12,9 @@ from pathlib import Path
 import gradio
 import numpy as np
 import pytest
-from app_fixtures import free_port, wait_for_http
+from app_fixtures import free_port, served_client
 from conftest import lesion_image
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from huggingface_hub import SpaceCard
 
 SPACE = Path(__file__).resolve().parents[1] / "space"
@@ -74,19 +74,6 @@ def test_assembled_space_serves_predict(tmp_path, tiny_model_dir):
     lesion_image(1, np.random.default_rng(0)).save(image)
     port = free_port()
     env = space_env(MODEL_ID=str(tiny_model_dir), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
-    log = (tmp_path / "space.log").open("w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=target, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/", timeout=240, process=process)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "downloads"),
-                        analytics_enabled=False)
+    with served_client([sys.executable, "app.py"], target, env, port, tmp_path / "space.log") as client:
         probs, decision, _ = client.predict(handle_file(image), 0.5, False, api_name="/predict")
         assert probs["label"] in ("benign", "malignant") and "Prediction" in decision
-    except Exception:
-        log.flush()
-        print((tmp_path / "space.log").read_text()[-3000:])
-        raise
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
