@@ -197,6 +197,8 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Tra
         "init": model_args.model_name_or_path or model_args.pretrained_backbone or "random (from scratch)",
         "split_sizes": {k: len(v) for k, v in prepared.dataset.items()},
         "metric_for_best_model": args.metric_for_best_model, "threshold_method": model_args.threshold_method,
+        "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no (float32)",
+        "channels_last": model_args.channels_last,
     }
 
 
