@@ -124,7 +124,7 @@ def test_models_under_one_recipe_with_paired_comparison_and_time_budget(image_fo
     for name in ("channel", "none"):
         settings = results[name]["settings"]
         assert settings["stopped_by_time_budget_min"] == 1e-6 and 0 < settings["epochs_completed"] < 1
-        assert settings["hardware"].startswith("CPU")
+        assert settings["hardware"].startswith("CPU") and settings["mixed_precision"] == "no (float32)"
         rows = (tmp_path / name / "report" / "predictions.csv").read_text().splitlines()
         assert rows[0] == "id,label,p_benign,p_malignant" and len(rows) == 13
         assert rows[1].split(",")[0].startswith("test/") and rows[1].split(",")[0].endswith(".jpg")
