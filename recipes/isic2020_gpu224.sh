@@ -17,10 +17,18 @@ recipe=(--dataset "$data" --drop_duplicates true --image_size 224 --num_train_ep
   --bf16 "${BF16:-true}" --channels_last true --dataloader_num_workers "${WORKERS:-4}"
   --dataloader_persistent_workers true --dataloader_pin_memory true --save_total_limit 1
   --max_train_minutes "${BUDGET_MIN:-6}" --disable_tqdm true --logging_steps 20)
+# One GPU per process (round robin): with several visible GPUs the Trainer would otherwise wrap each model in
+# DataParallel and multiply its batch size.
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
 pids=()
+index=0
 for model in channel none spatial; do
-  python train_hf.py "${recipe[@]}" --models "$model" --output_dir "$out/$model" >"$out/$model.log" 2>&1 &
+  pin=()
+  if [ -z "${CUDA_VISIBLE_DEVICES+set}" ] && [ "${gpus:-0}" -gt 0 ]; then pin=(env "CUDA_VISIBLE_DEVICES=$((index % gpus))"); fi
+  "${pin[@]}" python train_hf.py "${recipe[@]}" --models "$model" --output_dir "$out/$model" \
+    >"$out/$model.log" 2>&1 &
   pids+=($!)
+  index=$((index + 1))
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done

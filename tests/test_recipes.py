@@ -14,25 +14,40 @@ from train_hf import parse_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recorded_commands(recipe: str, tmp_path: Path, env: dict | None = None) -> list[list[str]]:
+def recorded_commands(recipe: str, tmp_path: Path, env: dict | None = None, gpus: int = 0) -> list[list[str]]:
+    """Each command the recipe ran, its last item the CUDA_VISIBLE_DEVICES it ran with; `gpus` fakes nvidia-smi."""
     bin_dir, log = tmp_path / "bin", tmp_path / "commands.jsonl"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
+    if gpus:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: fake'\n" for i in range(gpus)))
+        smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     fake = bin_dir / "python"
-    fake.write_text(f"#!/usr/bin/env python3\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:])"
+    fake.write_text(f"#!/usr/bin/env python3\nimport json, os, sys\nopen({str(log)!r}, 'a').write(json.dumps("
+                    "sys.argv[1:] + ['CUDA_VISIBLE_DEVICES=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')])"
                     " + '\\n')\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     result = subprocess.run([str(ROOT / "recipes" / recipe), str(tmp_path / "data"), str(tmp_path / "out")],
-                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})},
+                            env={**{k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"},
+                                 "PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
+def train_commands(commands: list[list[str]]) -> list[list[str]]:
+    """The train_hf.py commands, without the recorded environment item."""
+    return [c[:-1] for c in commands if c[0] == "train_hf.py"]
+
+
+def train_devices(commands: list[list[str]]) -> list[str]:
+    return sorted(c[-1].split("=", 1)[1] for c in commands if c[0] == "train_hf.py")
+
+
 @pytest.mark.parametrize("recipe", ["isic2020_gpu224.sh", "isic2020_cpu128.sh"])
 def test_recipe_arguments_parse_and_share_the_recipe(recipe, tmp_path):
     # BF16=false: TrainingArguments refuses bf16 on a CPU without it (this machine); the GPU run uses true.
-    commands = [c for c in recorded_commands(recipe, tmp_path, {"EPOCHS": "70", "BF16": "false"})
-                if c[0] == "train_hf.py"]
+    commands = train_commands(recorded_commands(recipe, tmp_path, {"EPOCHS": "70", "BF16": "false"}))
     assert commands
     for command in commands:
         model_args, data_args, args = parse_args(command[1:])
@@ -45,8 +60,18 @@ def test_recipe_arguments_parse_and_share_the_recipe(recipe, tmp_path):
 
 
 def test_gpu_recipe_trains_three_models_and_compares_them(tmp_path):
-    commands = recorded_commands("isic2020_gpu224.sh", tmp_path, {"BF16": "false"})
-    assert all(c[c.index("--bf16") + 1] == "false" for c in commands if c[0] == "train_hf.py")
-    models = [parse_args(c[1:])[0].models for c in commands if c[0] == "train_hf.py"]
+    commands = recorded_commands("isic2020_gpu224.sh", tmp_path, {"BF16": "false"}, gpus=2)
+    assert all(c[c.index("--bf16") + 1] == "false" for c in train_commands(commands))
+    models = [parse_args(c[1:])[0].models for c in train_commands(commands)]
     assert sorted(models) == ["channel", "none", "spatial"]  # in parallel: any order
+    # One GPU per process, round robin: no process sees two GPUs (the Trainer would use DataParallel).
+    assert train_devices(commands) == ["0", "0", "1"]
     assert commands[-1][:2] == ["-m", "modeling.compare"]
+
+
+def test_gpu_recipe_leaves_the_devices_alone_without_nvidia_smi_or_when_chosen(tmp_path):
+    commands = recorded_commands("isic2020_gpu224.sh", tmp_path / "a", {"BF16": "false"})
+    assert train_devices(commands) == ["unset"] * 3
+    chosen = recorded_commands("isic2020_gpu224.sh", tmp_path / "b", {"BF16": "false", "CUDA_VISIBLE_DEVICES": "3"},
+                               gpus=2)
+    assert train_devices(chosen) == ["3"] * 3
