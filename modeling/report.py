@@ -405,6 +405,8 @@ def write_report(
 
 
 def write_predictions(path, labels, probs, label_names: list[str], sample_ids: list[str] | None = None) -> None:
+    """`predictions.csv`: id, label name, one probability column per class (9 significant digits: float32 exactly,
+    so metrics recomputed from the file equal the report's)."""
     labels, probs = _as_arrays(labels, probs)
     ids = [str(i) for i in range(len(labels))] if sample_ids is None else [str(i) for i in sample_ids]
     if len(ids) != len(labels):
@@ -413,7 +415,7 @@ def write_predictions(path, labels, probs, label_names: list[str], sample_ids: l
         writer = csv.writer(handle)
         writer.writerow(["id", "label", *[f"p_{name}" for name in label_names]])
         for sample, label, row in zip(ids, labels, probs, strict=True):
-            writer.writerow([sample, label_names[label], *[f"{p:.7g}" for p in row]])
+            writer.writerow([sample, label_names[label], *[f"{p:.9g}" for p in row]])
 
 
 def read_predictions(path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:

@@ -63,7 +63,7 @@ def test_batched_metrics_equal_the_module_multiclass():
 
 
 def test_batched_metrics_on_resamples_equal_the_module():
-    labels, probs = binary_data(n=80)
+    labels, probs = binary_data(n=80, decimals=None)  # full-precision probabilities
     index = np.random.default_rng(3).integers(0, 80, (4, 80))
     batched = _batched_metrics(*_as_arrays(labels, probs), 0.5, index)
     for row in range(4):
@@ -252,12 +252,12 @@ def test_paired_bootstrap_is_zero_for_a_model_against_itself_and_signed_for_a_be
 
 
 def test_predictions_round_trip_and_paired_comparison(tmp_path):
-    labels, probs = binary_data(n=80)
+    labels, probs = binary_data(n=80, decimals=None)  # full-precision probabilities
     ids = [f"test/{'malignant' if y else 'benign'}/{i}.jpg" for i, y in enumerate(labels)]
     write_report(tmp_path / "a", labels, probs, LABEL_NAMES, n_resamples=0, sample_ids=ids)
     read_ids, read_labels, read_probs, names = read_predictions(tmp_path / "a" / "predictions.csv")
     assert read_ids == ids and names == LABEL_NAMES and np.array_equal(read_labels, labels)
-    np.testing.assert_allclose(read_probs, probs, atol=1e-6)
+    assert np.array_equal(read_probs, probs.astype(np.float32))  # exact: recomputed metrics equal the report's
     summaries = {"a": {"threshold": 0.5, "metrics": {}}, "b": {"threshold": 0.4, "metrics": {}}}
     order = np.random.default_rng(1).permutation(80)  # the same images in another order are still paired
     shuffled = ([ids[i] for i in order], labels[order], probs[order])
