@@ -63,7 +63,7 @@ def test_batched_metrics_equal_the_module_multiclass():
 
 
 def test_batched_metrics_on_resamples_equal_the_module():
-    labels, probs = binary_data(n=80, decimals=None)  # full-precision probabilities
+    labels, probs = binary_data(n=80)
     index = np.random.default_rng(3).integers(0, 80, (4, 80))
     batched = _batched_metrics(*_as_arrays(labels, probs), 0.5, index)
     for row in range(4):
