@@ -14,11 +14,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_image_folder  # noqa: E402
 
 from modeling import AsffResNetConfig, AsffResNetForImageClassification  # noqa: E402
 from modeling.data import build_dataset_dict, build_transforms, collate_fn, make_transform_fn  # noqa: E402
+from modeling.synthetic import make_image_folder  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

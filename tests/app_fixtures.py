@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from conftest import TINY_IMAGE_SIZE, lesion_image, tiny_config
+from helpers import TINY_IMAGE_SIZE, lesion_image, tiny_config
 from PIL import Image
 
 from modeling import AsffResNetForImageClassification

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_fixtures import BAD_INPUTS, free_port, write_bad_inputs, write_unusual_inputs
-from conftest import lesion_image
+from helpers import lesion_image
 from gradio_client import Client, handle_file
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -152,7 +152,7 @@ def test_concurrent_predicts(client, files):
 
 
 def test_examples_are_picked_from_a_folder(tmp_path):
-    from conftest import make_image_folder
+    from helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "examples", {"test": 10})
     examples = app.pick_examples(folder, limit=4)

@@ -4,7 +4,7 @@ and loud failures for anything that does not cover the backbone exactly."""
 import pytest
 import torch
 import torchvision
-from conftest import tiny_config
+from helpers import tiny_config
 from safetensors.torch import save_file
 from torchvision.models.resnet import BasicBlock, ResNet
 from transformers import ResNetBackbone, ResNetConfig, ResNetForImageClassification, ResNetModel

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_fixtures import free_port
-from conftest import lesion_image
+from helpers import lesion_image
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

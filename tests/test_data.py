@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import lesion_image, make_image_folder
+from helpers import lesion_image, make_image_folder
 from PIL import Image
 
 from modeling.data import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from app_fixtures import BAD_INPUTS, save_tiny_model, write_bad_inputs, write_unusual_inputs
-from conftest import TINY_IMAGE_SIZE, lesion_image, make_image_folder
+from helpers import TINY_IMAGE_SIZE, lesion_image, make_image_folder
 from huggingface_hub import ModelCard, ModelCardData
 from matplotlib.figure import Figure
 from PIL import Image

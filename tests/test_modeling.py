@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_IMAGE_SIZE, lesion_image, tiny_config
+from helpers import TINY_IMAGE_SIZE, lesion_image, tiny_config
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from modeling import FUSION_MODES, AsffResNetConfig, AsffResNetForImageClassification

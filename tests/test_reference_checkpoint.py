@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from app_fixtures import free_port, served_client
-from conftest import lesion_image
+from helpers import lesion_image
 from gradio_client import handle_file
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification

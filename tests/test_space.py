@@ -13,7 +13,7 @@ import gradio
 import numpy as np
 import pytest
 from app_fixtures import free_port, served_client
-from conftest import lesion_image
+from helpers import lesion_image
 from gradio_client import handle_file
 from huggingface_hub import SpaceCard
 

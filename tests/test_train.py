@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder, tiny_config
+from helpers import make_image_folder, tiny_config
 from huggingface_hub import ModelCard
 
 import modeling.training as training
