@@ -1,4 +1,5 @@
-"""Helpers for the demo tests: bad and unusual image files, tiny model directories, free ports, a served app."""
+"""Helpers for the demo tests: bad and unusual image files, tiny model directories (calibrated, with an OOD score),
+free ports, the app served in this process or as a command."""
 
 import io
 import socket
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from helpers import TINY_IMAGE_SIZE, lesion_image, tiny_config
+from helpers import TINY_IMAGE_SIZE, lesion_image, make_image_folder, tiny_config
 from PIL import Image
 
 from modeling import AsffResNetForImageClassification
@@ -107,6 +108,51 @@ def save_tiny_model(folder: Path, fusion_mode: str = "channel", seed: int = 0) -
     AsffResNetForImageClassification(tiny_config(fusion_mode)).save_pretrained(folder)
     build_image_processor(TINY_IMAGE_SIZE).save_pretrained(folder)
     return folder
+
+
+def calibrated_tiny_model(tmp_path_factory) -> Path:
+    """A tiny channel model with its temperature, decision threshold and OOD detector fitted on generated images
+    (`modeling.calibration.calibrate_saved_model`); made once per test session, under pytest's base temporary folder."""
+    from modeling.calibration import calibrate_saved_model
+
+    root = tmp_path_factory.getbasetemp() / "calibrated_tiny_model"
+    model_dir, done = root / "model", root / "done"
+    if not done.is_file():
+        folder = make_image_folder(root / "images", {"train": 16, "test": 6})
+        calibrate_saved_model(save_tiny_model(model_dir), str(folder))
+        done.touch()
+    return model_dir
+
+
+def ood_score(model, processor, image) -> float:
+    from modeling.inference import predict
+
+    score = predict(model, processor, image).ood_score
+    assert score is not None, "the model has no OOD score"
+    return score
+
+
+def place_ood_threshold(model, processor, inside, outside) -> float:
+    """Sets the loaded model's OOD threshold halfway between the scores of two images (PIL or paths), so that
+    `outside` is flagged and `inside` is not, whatever an untrained tiny model makes of them. Returns it."""
+    low, high = ood_score(model, processor, inside), ood_score(model, processor, outside)
+    assert high > low, f"the 'outside' image scores {high:.3f}, not above the 'inside' image's {low:.3f}"
+    model.config.ood_threshold = (low + high) / 2
+    return model.config.ood_threshold
+
+
+@contextmanager
+def served_app(model, processor, info, examples=None) -> Iterator[str]:
+    """`app.build_demo` for a loaded classifier, launched in this process on a free port; yields its URL."""
+    import app
+
+    demo = app.build_demo(model, processor, info, examples)
+    port = free_port()
+    app.launch_demo(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
 
 
 def free_port() -> int:

@@ -1,25 +1,41 @@
-"""The Gradio app, served on a free local port with a tiny model, driven through gradio_client: every endpoint, the
-bad inputs (clear message, server keeps serving), unusual images, concurrency, the command line."""
+"""The Gradio app. Served on a free local port with a tiny calibrated model that has an out-of-distribution score, and
+driven through gradio_client: every endpoint, the OOD flag and score, the TTA spread, no-image errors, batches keyed by
+unique names with the settings in the CSV, bad inputs (clear message, server keeps serving), unusual images,
+concurrency, the command line. The threshold handler is driven directly (no server): the decision follows the
+threshold from the cached result, and the Grad-CAM is recomputed only when the decision flips. The browser test
+(test_browser.py) covers what only a page shows."""
 
 import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
-from app_fixtures import BAD_INPUTS, free_port, write_bad_inputs, write_unusual_inputs
+from app_fixtures import (
+    BAD_INPUTS,
+    calibrated_tiny_model,
+    place_ood_threshold,
+    served_app,
+    write_bad_inputs,
+    write_unusual_inputs,
+)
 from helpers import lesion_image
 from gradio_client import Client, handle_file
 from huggingface_hub import ModelCard, ModelCardData
+from PIL import Image
 
 import app
-from modeling.explain import load_classifier
+from modeling.inference import OOD_WARNING, Prediction, load_classifier, predict
+from modeling.ood_probes import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
-CARD_THRESHOLD = 0.42
+CARD_TEXT = "# Tiny test model\nTest AUROC: 0.5\n"
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
@@ -30,22 +46,32 @@ def files(tmp_path_factory):
     paths = {f"lesion{i}.jpg": folder / f"lesion{i}.jpg" for i in range(3)}
     for i, path in enumerate(paths.values()):
         lesion_image(i % 2, rng, 48).save(path)
+    paths["noise.png"] = folder / "noise.png"
+    synthetic_image("noise", rng, 64).save(paths["noise.png"])
+    for label in ("benign", "malignant"):  # two different files that share a name
+        (folder / label).mkdir()
+        paths[f"{label}/1.jpg"] = folder / label / "1.jpg"
+        lesion_image(int(label == "malignant"), rng, 48).save(paths[f"{label}/1.jpg"])
     return {**paths, **write_bad_inputs(folder / "bad"), **write_unusual_inputs(folder / "unusual")}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    """The app on a free port (in this process), with a model card that sets the decision threshold."""
-    model_dir = tmp_path_factory.mktemp("app_model") / "model"
-    shutil.copytree(tiny_model_dir, model_dir)
-    card = ModelCard.from_template(ModelCardData(license="apache-2.0", decision_threshold=CARD_THRESHOLD),
-                                   template_str="---\n{{ card_data }}\n---\n# Tiny test model\nTest AUROC: 0.5\n")
-    card.save(model_dir / "README.md")
-    demo = app.build_demo(*load_classifier(model_dir))
-    port = free_port()
-    app.launch_demo(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+def loaded(tmp_path_factory, files):
+    """The calibrated tiny model (with a card) loaded; its OOD threshold placed so that noise.png is flagged and
+    lesion0.jpg is not."""
+    model_dir = tmp_path_factory.mktemp("app_model") / "tiny-calibrated"
+    shutil.copytree(calibrated_tiny_model(tmp_path_factory), model_dir)
+    ModelCard.from_template(ModelCardData(license="apache-2.0"), template_str="---\n{{ card_data }}\n---\n" + CARD_TEXT
+                            ).save(model_dir / "README.md")
+    model, processor, info = load_classifier(model_dir)
+    place_ood_threshold(model, processor, files["lesion0.jpg"], files["noise.png"])
+    return model, processor, info
+
+
+@pytest.fixture(scope="module")
+def server(loaded):
+    with served_app(*loaded) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -58,53 +84,117 @@ def confidences(label_output: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label_output["confidences"]}
 
 
-def test_api_lists_named_endpoints(client):
+def handler(demo, name: str):
+    """The function behind one of the demo's events, by name, to drive it without a server."""
+    return next(f.fn for f in demo.fns.values() if f.name == name)
+
+
+# --------------------------------------------------------------------------- served, through gradio_client
+
+
+@pytest.mark.slow
+def test_api_lists_named_endpoints(client, loaded):
     api = client.view_api(print_info=False, return_format="dict")
-    assert {"/predict", "/explain", "/batch"} <= set(api["named_endpoints"])
+    assert set(api["named_endpoints"]) == {"/predict", "/explain", "/batch"} and not api["unnamed_endpoints"]
     threshold = api["named_endpoints"]["/predict"]["parameters"][1]
-    assert threshold["parameter_default"] == pytest.approx(CARD_THRESHOLD)  # slider default from the model card
+    assert threshold["parameter_default"] == pytest.approx(loaded[2].decision_threshold)  # from the model config
+    assert loaded[2].decision_threshold != 0.5  # calibration chose one, so the check above means something
 
 
-def test_about_and_disclaimer_in_page(server):
-    import urllib.request
-
+@pytest.mark.slow
+def test_about_shows_the_model_name_not_its_path_and_the_disclaimer_once(server, loaded):
     with urllib.request.urlopen(server + "config", timeout=30) as response:
         config = response.read().decode()
-    assert "NOT a diagnostic device" in config and "Test AUROC: 0.5" in config
+    info = loaded[2]
+    assert config.count("NOT a diagnostic device") == 1  # the app chrome, once (this card carries none)
+    assert "Test AUROC: 0.5" in config and f"`{info.name}`" in config
+    assert str(Path(info.source).parent) not in config
 
 
-def test_predict(client, files):
-    probs, decision, timing = client.predict(handle_file(files["lesion0.jpg"]), 0.5, False, api_name="/predict")
-    values = confidences(probs)
-    assert set(values) == {"benign", "malignant"} and sum(values.values()) == pytest.approx(1, abs=1e-4)
-    assert probs["label"] in decision and "ms" in timing
+@pytest.mark.slow
+def test_predict_returns_calibrated_probabilities_and_the_json(client, files, loaded):
+    model, processor, info = loaded
+    probs, decision, result = client.predict(handle_file(files["lesion0.jpg"]), 0.5, False, api_name="/predict")
+    expected = predict(model, processor, files["lesion0.jpg"], threshold=0.5)
+    assert confidences(probs) == pytest.approx(expected.probabilities, abs=1e-5)  # calibrated: the temperature
+    assert info.temperature != 1.0
+    assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+    assert result["label"] == probs["label"] == expected.label and result["threshold"] == 0.5
+    assert result["model"] == info.name and result["in_distribution"] is True and result["tta"] is False
+    assert result["ood_score"] <= result["ood_threshold"] and result["spread"] is None
+    assert "Prediction" in decision and "threshold 0.50" in decision and OOD_WARNING not in decision
     # The label honours the threshold on p(malignant).
     assert client.predict(handle_file(files["lesion0.jpg"]), 0.0, True, api_name="/predict")[0]["label"] == "malignant"
     assert client.predict(handle_file(files["lesion0.jpg"]), 1.0, False, api_name="/predict")[0]["label"] == "benign"
 
 
+@pytest.mark.slow
+def test_tta_spread_in_the_api_and_the_headline(client, files):
+    _, decision, result = client.predict(handle_file(files["lesion1.jpg"]), 0.5, True, api_name="/predict")
+    assert result["tta"] is True and result["spread"] >= 0
+    low, high = result["interval"]
+    assert low <= result["probabilities"]["malignant"] <= high
+    assert f"± {result['spread']:.3f}" in decision and f"(range {low:.3f}–{high:.3f} over 8 views)" in decision
+
+
+@pytest.mark.slow
+def test_out_of_distribution_image_is_classified_flagged_and_greyed_out(client, files):
+    probs, decision, result = client.predict(handle_file(files["noise.png"]), 0.5, False, api_name="/predict")
+    assert result["in_distribution"] is False and result["ood_score"] > result["ood_threshold"]
+    assert sum(confidences(probs).values()) == pytest.approx(1, abs=1e-4)  # still classified, probabilities shown
+    assert OOD_WARNING in decision and "not-meaningful" in decision and "(not meaningful)" in decision
+    *_, cam, caption, _, _, _ = explained = client.predict(handle_file(files["noise.png"]), 0.5, False, "fused",
+                                                           "gradcam", api_name="/explain")
+    assert explained[2]["in_distribution"] is False and OOD_WARNING in explained[1] and Path(cam).is_file()
+
+
+@pytest.mark.parametrize("api_name, args", [("/predict", (0.5, False)), ("/explain", (0.5, False, "fused", "gradcam"))])
+@pytest.mark.slow
+def test_no_image_is_a_clear_error(client, api_name, args):
+    with pytest.raises(Exception, match="Upload an image first") as error:
+        client.predict(None, *args, api_name=api_name)
+    assert "Traceback" not in str(error.value)
+
+
 @pytest.mark.parametrize("target, method", [("fused", "gradcam"), ("stage4", "gradcam++"), ("stage3", "eigencam")])
+@pytest.mark.slow
 def test_explain(client, files, target, method):
-    probs, decision, cam, plot, fusion_text, timing = client.predict(
+    probs, decision, result, cam, caption, plot, fusion_text, timing = client.predict(
         handle_file(files["lesion1.jpg"]), 0.5, target == "stage4", target, method, api_name="/explain")
     assert sum(confidences(probs).values()) == pytest.approx(1, abs=1e-4) and "Prediction" in decision
-    assert Path(cam).is_file() and plot["type"] == "matplotlib" and plot["plot"].startswith("data:image")
-    assert "stage3" in fusion_text and "Inference time" in timing
+    assert result["cam_label"] == result["label"] == probs["label"]
+    assert f"Grad-CAM of *{result['label']}*" in caption and "Warm colours" in caption
+    assert f"Grad-CAM of *{result['label']}*" in timing and "no CAM" not in timing
+    width, height = Image.open(cam).size
+    assert height > width  # the overlay with its colour scale under it
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image")
+    assert "stage3" in fusion_text and "How to read the plot" in fusion_text and "Inference time" in timing
 
 
-def test_batch_with_bad_file(client, files, tmp_path):
-    names = ["lesion0.jpg", "truncated.jpg", "lesion2.jpg", "not_an_image.jpg"]
-    table, csv_path = client.predict([handle_file(files[n]) for n in names], 0.5, False, api_name="/batch")
-    assert table["headers"] == ["file", "p_benign", "p_malignant", "label", "error"]
+@pytest.mark.slow
+def test_batch_unique_names_ood_rows_and_csv_settings(client, files, loaded):
+    names = ["lesion0.jpg", "benign/1.jpg", "malignant/1.jpg", "noise.png", "truncated.jpg", "not_an_image.jpg"]
+    table, csv_path, summary = client.predict([handle_file(files[n]) for n in names], 0.5, True, api_name="/batch")
+    assert table["headers"] == app.table_columns(loaded[2]) and table["headers"][:2] == ["file", "label"]
     rows = {row[0]: dict(zip(table["headers"], row, strict=True)) for row in table["data"]}
-    assert set(rows) == set(names)
+    assert set(rows) == {"lesion0.jpg", "1.jpg (1)", "1.jpg (2)", "noise.png", "truncated.jpg", "not_an_image.jpg"}
+    assert "numbered in upload order" in summary and "1 flagged as out of distribution" in summary
     assert rows["lesion0.jpg"]["label"] in ("benign", "malignant") and rows["lesion0.jpg"]["error"] == ""
+    assert rows["lesion0.jpg"]["in_distribution"] is True and rows["noise.png"]["in_distribution"] is False
+    assert rows["noise.png"]["label"] in ("benign", "malignant") and rows["noise.png"]["ood_score"] > 0
+    assert rows["lesion0.jpg"]["p_spread"] != ""
     assert "truncated" in rows["truncated.jpg"]["error"] and "not an image" in rows["not_an_image.jpg"]["error"]
     with open(csv_path) as f:
-        assert len(list(csv.DictReader(f))) == 4
+        records = {r["file"]: r for r in csv.DictReader(f)}
+    assert len(records) == 6
+    assert {r["model"] for r in records.values()} == {loaded[2].name}
+    assert {r["threshold"] for r in records.values()} == {"0.5"} and {r["tta"] for r in records.values()} == {"True"}
+    assert records["noise.png"]["in_distribution"] == "False" and float(records["noise.png"]["ood_score"]) > 0
+    assert records["lesion0.jpg"]["in_distribution"] == "True" and float(records["lesion0.jpg"]["p_spread"]) >= 0
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
+@pytest.mark.slow
 def test_bad_inputs_give_clear_errors_and_server_keeps_serving(client, files, name):
     for api_name, args in [("/predict", (0.5, False)), ("/explain", (0.5, False, "fused", "gradcam"))]:
         with pytest.raises(Exception, match=BAD_INPUTS[name]) as error:
@@ -116,17 +206,16 @@ def test_bad_inputs_give_clear_errors_and_server_keeps_serving(client, files, na
 
 @pytest.mark.parametrize("name", ["rgba.png", "grey.png", "grey_alpha.png", "sixteen_bit.png", "cmyk.jpg",
                                   "exif_rotated.jpg"])
+@pytest.mark.slow
 def test_unusual_images_are_converted(client, files, name):
-    probs, _, cam, *_ = client.predict(handle_file(files[name]), 0.5, False, "fused", "gradcam", api_name="/explain")
+    probs, _, _, cam, *_ = client.predict(handle_file(files[name]), 0.5, False, "fused", "gradcam", api_name="/explain")
     assert probs["label"] in ("benign", "malignant") and Path(cam).is_file()
 
 
+@pytest.mark.slow
 def test_paths_outside_uploads_are_refused(server):
     """The image input hands its handler the uploaded path undecoded: Gradio must still refuse paths that were not
     uploaded (no reading of server files through the API)."""
-    import json
-    import urllib.request
-
     payload = {"data": [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, 0.5, False]}
     request = urllib.request.Request(server + "gradio_api/call/predict", json.dumps(payload).encode(),
                                      {"Content-Type": "application/json"})
@@ -137,6 +226,7 @@ def test_paths_outside_uploads_are_refused(server):
     assert "event: error" in stream and "confidences" not in stream
 
 
+@pytest.mark.slow
 def test_file_size_limit(client, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (21 * 1024 * 1024))  # over MAX_FILE_SIZE (20 MB)
@@ -144,11 +234,70 @@ def test_file_size_limit(client, tmp_path):
         client.predict(handle_file(big), 0.5, False, api_name="/predict")
 
 
+@pytest.mark.slow
 def test_concurrent_predicts(client, files):
     jobs = [client.submit(handle_file(files[f"lesion{i % 3}.jpg"]), 0.5, False, api_name="/predict")
-            for i in range(16)]
+            for i in range(12)]
     labels = [job.result(timeout=300)[0]["label"] for job in jobs]
-    assert len(labels) == 16 and set(labels) <= {"benign", "malignant"}
+    assert len(labels) == 12 and set(labels) <= {"benign", "malignant"}
+
+
+# --------------------------------------------------------------------------- handlers, without a server
+
+
+def test_threshold_change_uses_the_cached_result_and_refreshes_the_cam_on_a_flip(loaded, files, monkeypatch):
+    """The decision follows the threshold from the session's cached probabilities; the model runs again only for
+    the Grad-CAM of the new class when the decision flips."""
+    demo = app.build_demo(*loaded)
+    analyse, on_threshold = handler(demo, "analyse"), handler(demo, "on_threshold")
+    *_, session = analyse(str(files["lesion0.jpg"]), 0.5, False, "fused", "gradcam")
+    p = session["prediction"].probabilities["malignant"]
+    calls = []
+    real_explain = app.explain
+    monkeypatch.setattr(app, "explain", lambda *a, **k: calls.append(k) or real_explain(*a, **k))
+
+    same_side = min(p + 0.001, 1.0) if p < 0.5 else max(p - 0.001, 0.0)  # moves the threshold, keeps the decision
+    probs, decision, result, cam, caption, timing, same = on_threshold(session, same_side)
+    assert not calls and result["label"] == session["cam_label"] and f"threshold {same_side:.2f}" in decision
+    assert same["prediction"].threshold == same_side and cam == caption == timing == gr.skip()  # CAM kept
+
+    flipped_threshold = 1.0 if session["prediction"].label == "malignant" else 0.0
+    probs, decision, result, cam, caption, timing, flipped = on_threshold(same, flipped_threshold)
+    assert len(calls) == 1 and calls[0]["cam_class"] == loaded[0].config.label2id[result["label"]]
+    assert result["label"] != session["prediction"].label == session["cam_label"]
+    assert probs == (result["label"], session["prediction"].probabilities)  # the cached probabilities
+    assert flipped["cam_label"] == result["cam_label"] == result["label"]
+    assert f"Grad-CAM of *{result['label']}*" in caption and f"Grad-CAM recomputed for *{result['label']}*" in timing
+    assert isinstance(cam, np.ndarray) and "no CAM" not in timing
+
+    *_, unchanged = on_threshold(flipped, flipped_threshold)  # the same threshold again: nothing to do
+    assert len(calls) == 1
+
+
+def test_model_without_ood_score_says_the_check_is_not_available(tiny_model_dir, files):
+    """The reference checkpoint has no OOD statistics yet: no warning, and a quiet note instead."""
+    demo = app.build_demo(*load_classifier(tiny_model_dir))
+    _, decision, result = handler(demo, "run_predict")(str(files["noise.png"]), 0.5, False)
+    assert result["in_distribution"] is None and result["ood_score"] is None
+    assert app.OOD_NOT_AVAILABLE in decision and OOD_WARNING not in decision and "not-meaningful" not in decision
+    assert "not available for this model" in json.dumps(demo.get_config_file(), default=str)
+
+
+def test_decision_headline():
+    in_dist = Prediction({"benign": 0.38, "malignant": 0.62}, "malignant", 0.5, tta=True, spread=0.05,
+                         interval=(0.55, 0.7), ood_score=1.0, ood_threshold=2.0)
+    text = app.decision_html(in_dist)
+    assert "p(malignant) = 0.620 ± 0.050 (range 0.550–0.700 over 8 views) ≥ threshold 0.50" in text
+    assert "within the model's threshold" in text and OOD_WARNING not in text
+    out = app.decision_html(Prediction({"benign": 0.7, "malignant": 0.3}, "benign", 0.4, ood_score=3.0,
+                                       ood_threshold=2.0))
+    assert OOD_WARNING in out and "(not meaningful)" in out and "p(malignant) = 0.300 < threshold 0.40" in out
+
+
+def test_unique_names():
+    names, numbered = app.unique_names(["/c/a1/1.jpg", "/c/b2/2.jpg", "/c/c3/1.jpg"])
+    assert names == ["1.jpg (1)", "2.jpg", "1.jpg (2)"] and numbered
+    assert app.unique_names(["/c/a/1.jpg", "/c/b/2.jpg"]) == (["1.jpg", "2.jpg"], False)
 
 
 def test_examples_are_picked_from_a_folder(tmp_path):
