@@ -315,8 +315,9 @@ def cam_target_layer(model: nn.Module, target: str = "fused") -> tuple[nn.Module
         raise ValueError(f"unknown CAM target {target!r}; choose one of {', '.join(CAM_TARGETS)}")
     asff = getattr(model, "asff_resnet", None)
     if asff is not None:
-        stages = asff.backbone.encoder.stages
-        return {"fused": asff.fusion_output, "stage4": stages[-1], "stage3": stages[-2]}[target], target
+        # The two fused stages (any backbone); remote code saved before stage_modules() existed has a ResNet.
+        low, high = asff.stage_modules() if hasattr(asff, "stage_modules") else asff.backbone.encoder.stages[-2:]
+        return {"fused": asff.fusion_output, "stage4": high, "stage3": low}[target], target
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no convolution for Grad-CAM to hook")

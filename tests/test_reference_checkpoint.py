@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from app_fixtures import free_port, served_client
-from helpers import lesion_image
 from gradio_client import handle_file
+from helpers import lesion_image
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
@@ -29,6 +29,30 @@ def test_loads_as_float32_with_card_metadata():
     card = ModelCard.load(CHECKPOINT / "README.md")
     assert "NOT A DIAGNOSTIC DEVICE" in card.text and 0 < card.data.to_dict()["decision_threshold"] < 1
     assert sum(f.stat().st_size for f in CHECKPOINT.rglob("*")) < 70e6
+
+
+# Its logits on fixed_pixels(), recorded with the code of commit aefff6a (a ResNetBackbone built directly, before
+# the backbone became pluggable): the checkpoint must predict the same through the current code.
+RECORDED_LOGITS = [[-7.399600505828857, 3.4813661575317383], [-4.71644926071167, 2.2099177837371826]]
+
+
+def fixed_pixels() -> torch.Tensor:
+    """Two smooth, RNG-free 224 px inputs in about [-1.5, 1.5] (the range of normalised images)."""
+    y, x = torch.linspace(-1, 1, 224)[:, None], torch.linspace(-1, 1, 224)[None, :]
+    a = torch.stack([torch.sin(3 * x + 2 * y), torch.cos(5 * x * y), x**2 - y])
+    b = torch.stack([torch.cos(4 * y) * x, torch.sin(7 * x) * torch.sin(2 * y), (x + y) / 2])
+    return torch.stack([a, b]) * 1.5
+
+
+def test_predicts_as_recorded_through_the_current_code():
+    from modeling import AsffResNetForImageClassification
+
+    model, info = AsffResNetForImageClassification.from_pretrained(CHECKPOINT, output_loading_info=True)
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    assert model.num_parameters() == 30_857_282 and model.asff_resnet.stage_channels == (1024, 2048)
+    with torch.no_grad():
+        logits = model.eval()(fixed_pixels()).logits
+    torch.testing.assert_close(logits, torch.tensor(RECORDED_LOGITS), atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow
