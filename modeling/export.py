@@ -13,6 +13,8 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
+from .pipeline_asff_resnet import add_pipeline_to
+
 COPIED = ("preprocessor_config.json", "README.md", "metrics.json")
 
 
@@ -30,13 +32,18 @@ def rename_card(card_path: Path, name: str, note: str | None = None) -> None:
 
 
 def export_half_precision(source: str | Path, destination: str | Path, note: str | None = None) -> Path:
-    """Weights stored in float16 (half the size); `config.json` keeps `dtype: float32`, so `from_pretrained`
-    casts them back to float32 on load. The model card is renamed after the destination folder."""
+    """Weights stored in float16 (half the size; the OOD statistics stay float32); `config.json` keeps
+    `dtype: float32`, so `from_pretrained` casts them back to float32 on load. The model card is renamed after the
+    destination folder."""
     source, destination = Path(source), Path(destination)
     model = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, dtype=torch.float32)
     staging = destination.with_name(destination.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    model.to(torch.float16).save_pretrained(staging)
+    model.to(torch.float16)
+    if getattr(model, "ood_scorer", None) is not None:
+        model.ood_scorer.float()  # the OOD precision matrix keeps float32: float16 would lose its small directions
+    model.save_pretrained(staging)
+    add_pipeline_to(staging)
     config_path = staging / "config.json"
     config = json.loads(config_path.read_text())
     config["dtype"] = "float32"

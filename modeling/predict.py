@@ -1,9 +1,11 @@
-"""Batch prediction over a folder of images (recursively) to a CSV: file, p_<label> per class, label, error.
+"""Batch prediction over a folder of images (recursively) to a CSV: file (relative path), label, calibrated
+p_<label> per class, p_spread (with --tta), in_distribution, ood_score, error, and the settings (model, threshold, tta).
 
     python -m modeling.predict FOLDER --model DIR_OR_HUB_ID --out preds.csv [--threshold 0.4] [--tta]
 
-A file that cannot be read gets a row with its error; the others are still classified. The threshold on p(class 1)
-defaults to the model card's `decision_threshold` (else 0.5).
+A file that cannot be read gets a row with its error; the others are still classified. Images outside what the model
+knows are classified and flagged (`in_distribution` false), not refused. The threshold on calibrated p(class 1)
+defaults to the model config's `decision_threshold`.
 """
 
 import argparse
@@ -12,7 +14,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .explain import IMAGE_SUFFIXES, find_images, load_classifier, predict_batch, write_csv
+from .image_utils import IMAGE_SUFFIXES, find_images
+from .inference import load_classifier, predict_batch, write_csv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,11 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     names = [p.relative_to(args.folder).as_posix() for p in paths]
     with tqdm(total=len(paths), unit="img", desc="Predicting") as bar:
         rows = predict_batch(model, processor, paths, threshold=args.threshold, tta=args.tta,
-                             batch_size=args.batch_size, names=names, progress=bar.update)
+                             batch_size=args.batch_size, names=names, progress=bar.update, model_id=info.name)
     write_csv(rows, args.out)
     failed = sum(bool(row["error"]) for row in rows)
     counts = ", ".join(f"{label}: {sum(row['label'] == label for row in rows)}" for label in info.id2label.values())
-    print(f"{len(rows)} files -> {args.out} ({counts}; unreadable: {failed})")
+    flagged = sum(row["in_distribution"] is False for row in rows)
+    print(f"{len(rows)} files -> {args.out} ({counts}; unreadable: {failed}; "
+          f"flagged as outside the training distribution: {flagged})")
     return 0
 
 
