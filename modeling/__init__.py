@@ -4,7 +4,7 @@ Importing this package registers the model with transformers' Auto classes, and 
 `save_pretrained` ships their code (`trust_remote_code=True` loads it where this package is not installed).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .baselines import (
     BASELINE_ARCHITECTURES,
@@ -13,6 +13,7 @@ from .baselines import (
     build_baseline,
 )
 from .configuration_asff_resnet import FUSION_MODES, AsffResNetConfig
+from .image_processing_asff_resnet import AsffResNetImageProcessor
 from .modeling_asff_resnet import (
     AsffResNetForImageClassification,
     AsffResNetImageClassifierOutput,
@@ -27,12 +28,17 @@ AutoModelForImageClassification.register(AsffResNetConfig, AsffResNetForImageCla
 AsffResNetConfig.register_for_auto_class()
 AsffResNetModel.register_for_auto_class("AutoModel")
 AsffResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+for _config_class in (AsffResNetConfig, TorchvisionClassifierConfig):
+    AutoImageProcessor.register(_config_class, image_processor_classes={"torchvision": AsffResNetImageProcessor},
+                                exist_ok=True)
+AsffResNetImageProcessor.register_for_auto_class()
 
 __all__ = [
     "BASELINE_ARCHITECTURES",
     "FUSION_MODES",
     "AsffResNetConfig",
     "AsffResNetForImageClassification",
+    "AsffResNetImageProcessor",
     "AsffResNetImageClassifierOutput",
     "AsffResNetModel",
     "AsffResNetModelOutput",
