@@ -15,7 +15,7 @@ from transformers import AutoModelForImageClassification
 
 from .pipeline_asff_resnet import add_pipeline_to
 
-COPIED = ("preprocessor_config.json", "README.md", "metrics.json")
+COPIED = ("preprocessor_config.json", "image_processing_asff_resnet.py", "README.md", "metrics.json")
 
 
 def rename_card(card_path: Path, name: str, note: str | None = None) -> None:
