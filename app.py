@@ -78,10 +78,14 @@ p { margin: 0.2em 0; }
 logger = logging.getLogger(__name__)
 
 
+# `raw_upload` and `decision_label` override a method on the component instance (a subclass would make Gradio write a
+# .pyi stub next to this file). Never return gr.update(...) or gr.skip() for such a component: Gradio then rebuilds it
+# for the session from its constructor arguments, without the override.
+
+
 def raw_upload(component: gr.Image) -> gr.Image:
     """Hands the handler the uploaded file's path undecoded: gr.Image's own decoding would fail on a bad file before
-    the handler runs, with no useful message, while `modeling.image_utils.load_image` says what is wrong.
-    (Overridden on the instance: a gr.Image subclass would make Gradio write a .pyi stub next to this file.)"""
+    the handler runs, with no useful message, while `modeling.image_utils.load_image` says what is wrong."""
     decode = component.preprocess
 
     def preprocess(payload):
@@ -275,9 +279,9 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         return analysis_outputs(result.prediction, result, timing, session)
 
     def reanalyse(image_path, threshold, tta, target, method):
-        """TTA, CAM target or method changed: analyse again if there is an image, else nothing to do."""
+        """TTA, CAM target or method changed: analyse again if there is an image (else there are no results)."""
         if image_path is None:
-            return tuple(gr.skip() for _ in range(9))
+            return cleared()
         return analyse(image_path, threshold, tta, target, method)
 
     @_user_errors
@@ -285,7 +289,8 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         """The decision at the threshold now on screen, from the cached probabilities (no model run); the Grad-CAM is
         recomputed only when the decision flipped, for the new class."""
         if not session or abs(session["prediction"].threshold - threshold) < 1e-12:
-            return tuple(gr.skip() for _ in range(7))
+            probabilities = (session["prediction"].label, session["prediction"].probabilities) if session else None
+            return (probabilities, *(gr.skip() for _ in range(6)))  # (no gr.skip() for the Label, see above)
         prediction = with_threshold(session["prediction"], threshold, info.id2label)
         session = {**session, "prediction": prediction}
         cam = caption = timing = gr.skip()
@@ -379,12 +384,13 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
                                    elem_id="cam")
                     caption = gr.Markdown(elem_id="cam-caption", label="Grad-CAM caption")
                     timing = gr.Markdown(elem_id="timing", label="Timing")
-            fusion_plot = gr.Plot(label="Fusion weights", elem_id="fusion-plot")
+            fusion_plot = gr.Plot(label="Fusion weights", show_label=False, elem_id="fusion-plot")  # no badge over it
             fusion_text = gr.Markdown(f"Model: {fusion_note}.", elem_id="fusion-text", label="Fusion summary")
             with gr.Accordion("Prediction as JSON (what the API returns)", open=False):
                 result_json = gr.JSON(label="Prediction", elem_id="prediction-json")
-            example_set = (gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples",
-                                       cache_examples=False) if examples else None)
+            # A Dataset rather than gr.Examples, whose click sends gr.update(...) to the image (see raw_upload).
+            example_set = (gr.Dataset(components=[image], samples=[[str(p)] for p in examples], label="Examples",
+                                      type="index", elem_id="examples") if examples else None)
         with gr.Tab("Batch"):
             files = gr.File(file_count="multiple", label="Images", type="filepath", elem_id="batch-files")
             with gr.Row():
@@ -393,9 +399,12 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
                 batch_tta = gr.Checkbox(False, label="Test-time augmentation")
             batch_button = gr.Button("Classify all", variant="primary")
             batch_summary = gr.Markdown(elem_id="batch-summary", label="Batch summary")
+            # `file` and `label` pinned (on screen on a phone while the rest scrolls sideways), fixed widths so that
+            # empty columns do not squeeze their headers into a tall stack.
+            widths = {"file": "120px", "label": "110px", "in_distribution": "120px", "error": "220px"}
             table = gr.Dataframe(value={"headers": columns, "data": []}, headers=columns, interactive=False,
-                                 wrap=True, pinned_columns=2, elem_id="batch-table",
-                                 label="Predictions (a file that cannot be read gets its error)")
+                                 wrap=True, pinned_columns=2, column_widths=[widths.get(c, "95px") for c in columns],
+                                 elem_id="batch-table", label="Predictions (a file that cannot be read gets its error)")
             csv_file = gr.File(label="Download CSV (with the model, threshold and TTA setting)")
         with gr.Tab("About"):
             ood = (f"Mahalanobis distance on pooled features, flagged above {info.ood_threshold:.3g}"
@@ -425,7 +434,9 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         after_analysis(gr.on([tta.input, target.input, method.input], reanalyse, inputs, outputs,
                              api_visibility="private"))
         if example_set is not None:
-            after_analysis(example_set.load_input_event.then(analyse, inputs, outputs, api_visibility="private"))
+            pick = example_set.click(lambda index: str(examples[index]), example_set, image, api_visibility="private",
+                                     queue=False, show_progress="hidden")
+            after_analysis(pick.then(analyse, inputs, outputs, api_visibility="private"))
         image.clear(cleared, None, outputs, api_visibility="private", queue=False, show_progress="hidden")
         # `.change` covers every way the threshold moves: dragging, arrow keys, the number box, the reset button.
         threshold.change(on_threshold, [session, threshold], threshold_outputs, api_visibility="private",

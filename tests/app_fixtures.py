@@ -132,25 +132,34 @@ def ood_score(model, processor, image) -> float:
     return score
 
 
-def place_ood_threshold(model, processor, inside, outside) -> float:
-    """Sets the loaded model's OOD threshold halfway between the scores of two images (PIL or paths), so that
-    `outside` is flagged and `inside` is not, whatever an untrained tiny model makes of them. Returns it."""
-    low, high = ood_score(model, processor, inside), ood_score(model, processor, outside)
-    assert high > low, f"the 'outside' image scores {high:.3f}, not above the 'inside' image's {low:.3f}"
-    model.config.ood_threshold = (low + high) / 2
-    return model.config.ood_threshold
+def place_ood_threshold(model, processor, inside, outside: Path) -> Path:
+    """Writes to `outside` the synthetic non-lesion image (`modeling.ood_probes`) that the loaded model scores highest,
+    and sets the model's OOD threshold halfway between that score and the score of `inside` (a PIL image or path), so
+    that `outside` is flagged and `inside` is not, whatever an untrained tiny model makes of them. Returns `outside`."""
+    from modeling.ood_probes import SYNTHETIC_FAMILIES, synthetic_image
+
+    rng = np.random.default_rng(0)
+    candidates = [synthetic_image(family, rng, 64) for family in SYNTHETIC_FAMILIES for _ in range(2)]
+    scores = [ood_score(model, processor, image) for image in candidates]
+    low, best = ood_score(model, processor, inside), int(np.argmax(scores))
+    assert scores[best] > low, f"no synthetic image scores above the 'inside' image's {low:.3f}"
+    candidates[best].save(outside)
+    model.config.ood_threshold = (low + scores[best]) / 2
+    return outside
 
 
 @contextmanager
-def served_app(model, processor, info, examples=None) -> Iterator[str]:
-    """`app.build_demo` for a loaded classifier, launched in this process on a free port; yields its URL."""
+def served_app(model, processor, info, examples=None) -> Iterator[tuple[str, object]]:
+    """`app.build_demo` for a loaded classifier (and example images), launched in this process on a free port;
+    yields its URL and the demo (whose event functions a test may wrap, e.g. to count requests)."""
     import app
 
     demo = app.build_demo(model, processor, info, examples)
     port = free_port()
-    app.launch_demo(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    allowed = sorted({str(Path(p).resolve().parent) for p in examples or []}) or None
+    app.launch_demo(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True, allowed_paths=allowed)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", demo
     finally:
         demo.close()
 

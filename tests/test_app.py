@@ -25,8 +25,8 @@ from app_fixtures import (
     write_bad_inputs,
     write_unusual_inputs,
 )
-from helpers import lesion_image
 from gradio_client import Client, handle_file
+from helpers import lesion_image
 from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
 
@@ -46,8 +46,9 @@ def files(tmp_path_factory):
     paths = {f"lesion{i}.jpg": folder / f"lesion{i}.jpg" for i in range(3)}
     for i, path in enumerate(paths.values()):
         lesion_image(i % 2, rng, 48).save(path)
-    paths["noise.png"] = folder / "noise.png"
-    synthetic_image("noise", rng, 64).save(paths["noise.png"])
+    # Noise for now; `loaded` replaces it with the synthetic image the model finds most out of distribution.
+    paths["not_a_lesion.png"] = folder / "not_a_lesion.png"
+    synthetic_image("noise", rng, 64).save(paths["not_a_lesion.png"])
     for label in ("benign", "malignant"):  # two different files that share a name
         (folder / label).mkdir()
         paths[f"{label}/1.jpg"] = folder / label / "1.jpg"
@@ -57,20 +58,20 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory, files):
-    """The calibrated tiny model (with a card) loaded; its OOD threshold placed so that noise.png is flagged and
+    """The calibrated tiny model (with a card) loaded; its OOD threshold placed so that not_a_lesion.png is flagged and
     lesion0.jpg is not."""
     model_dir = tmp_path_factory.mktemp("app_model") / "tiny-calibrated"
     shutil.copytree(calibrated_tiny_model(tmp_path_factory), model_dir)
     ModelCard.from_template(ModelCardData(license="apache-2.0"), template_str="---\n{{ card_data }}\n---\n" + CARD_TEXT
                             ).save(model_dir / "README.md")
     model, processor, info = load_classifier(model_dir)
-    place_ood_threshold(model, processor, files["lesion0.jpg"], files["noise.png"])
+    place_ood_threshold(model, processor, files["lesion0.jpg"], files["not_a_lesion.png"])
     return model, processor, info
 
 
 @pytest.fixture(scope="module")
 def server(loaded):
-    with served_app(*loaded) as url:
+    with served_app(*loaded) as (url, _):
         yield url
 
 
@@ -139,12 +140,13 @@ def test_tta_spread_in_the_api_and_the_headline(client, files):
 
 @pytest.mark.slow
 def test_out_of_distribution_image_is_classified_flagged_and_greyed_out(client, files):
-    probs, decision, result = client.predict(handle_file(files["noise.png"]), 0.5, False, api_name="/predict")
+    image = handle_file(files["not_a_lesion.png"])
+    probs, decision, result = client.predict(image, 0.5, False, api_name="/predict")
     assert result["in_distribution"] is False and result["ood_score"] > result["ood_threshold"]
     assert sum(confidences(probs).values()) == pytest.approx(1, abs=1e-4)  # still classified, probabilities shown
     assert OOD_WARNING in decision and "not-meaningful" in decision and "(not meaningful)" in decision
-    *_, cam, caption, _, _, _ = explained = client.predict(handle_file(files["noise.png"]), 0.5, False, "fused",
-                                                           "gradcam", api_name="/explain")
+    explained = client.predict(image, 0.5, False, "fused", "gradcam", api_name="/explain")
+    cam = explained[3]
     assert explained[2]["in_distribution"] is False and OOD_WARNING in explained[1] and Path(cam).is_file()
 
 
@@ -173,15 +175,18 @@ def test_explain(client, files, target, method):
 
 @pytest.mark.slow
 def test_batch_unique_names_ood_rows_and_csv_settings(client, files, loaded):
-    names = ["lesion0.jpg", "benign/1.jpg", "malignant/1.jpg", "noise.png", "truncated.jpg", "not_an_image.jpg"]
+    names = ["lesion0.jpg", "benign/1.jpg", "malignant/1.jpg", "not_a_lesion.png", "truncated.jpg",
+             "not_an_image.jpg"]
     table, csv_path, summary = client.predict([handle_file(files[n]) for n in names], 0.5, True, api_name="/batch")
     assert table["headers"] == app.table_columns(loaded[2]) and table["headers"][:2] == ["file", "label"]
     rows = {row[0]: dict(zip(table["headers"], row, strict=True)) for row in table["data"]}
-    assert set(rows) == {"lesion0.jpg", "1.jpg (1)", "1.jpg (2)", "noise.png", "truncated.jpg", "not_an_image.jpg"}
+    assert set(rows) == {"lesion0.jpg", "1.jpg (1)", "1.jpg (2)", "not_a_lesion.png", "truncated.jpg",
+                         "not_an_image.jpg"}
     assert "numbered in upload order" in summary and "1 flagged as out of distribution" in summary
     assert rows["lesion0.jpg"]["label"] in ("benign", "malignant") and rows["lesion0.jpg"]["error"] == ""
-    assert rows["lesion0.jpg"]["in_distribution"] is True and rows["noise.png"]["in_distribution"] is False
-    assert rows["noise.png"]["label"] in ("benign", "malignant") and rows["noise.png"]["ood_score"] > 0
+    ood = rows["not_a_lesion.png"]
+    assert rows["lesion0.jpg"]["in_distribution"] is True and ood["in_distribution"] is False
+    assert ood["label"] in ("benign", "malignant") and ood["ood_score"] > loaded[0].config.ood_threshold
     assert rows["lesion0.jpg"]["p_spread"] != ""
     assert "truncated" in rows["truncated.jpg"]["error"] and "not an image" in rows["not_an_image.jpg"]["error"]
     with open(csv_path) as f:
@@ -189,7 +194,8 @@ def test_batch_unique_names_ood_rows_and_csv_settings(client, files, loaded):
     assert len(records) == 6
     assert {r["model"] for r in records.values()} == {loaded[2].name}
     assert {r["threshold"] for r in records.values()} == {"0.5"} and {r["tta"] for r in records.values()} == {"True"}
-    assert records["noise.png"]["in_distribution"] == "False" and float(records["noise.png"]["ood_score"]) > 0
+    ood = records["not_a_lesion.png"]
+    assert ood["in_distribution"] == "False" and float(ood["ood_score"]) > loaded[0].config.ood_threshold
     assert records["lesion0.jpg"]["in_distribution"] == "True" and float(records["lesion0.jpg"]["p_spread"]) >= 0
 
 
@@ -277,7 +283,7 @@ def test_threshold_change_uses_the_cached_result_and_refreshes_the_cam_on_a_flip
 def test_model_without_ood_score_says_the_check_is_not_available(tiny_model_dir, files):
     """The reference checkpoint has no OOD statistics yet: no warning, and a quiet note instead."""
     demo = app.build_demo(*load_classifier(tiny_model_dir))
-    _, decision, result = handler(demo, "run_predict")(str(files["noise.png"]), 0.5, False)
+    _, decision, result = handler(demo, "run_predict")(str(files["not_a_lesion.png"]), 0.5, False)
     assert result["in_distribution"] is None and result["ood_score"] is None
     assert app.OOD_NOT_AVAILABLE in decision and OOD_WARNING not in decision and "not-meaningful" not in decision
     assert "not available for this model" in json.dumps(demo.get_config_file(), default=str)
