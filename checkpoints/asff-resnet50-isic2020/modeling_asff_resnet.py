@@ -1,6 +1,7 @@
 """ASFF-ResNet (arXiv 2510.03876): a ResNet whose stage3 and stage4 features are fused with learned weights
-before an MLP head. Written in the style of transformers' `modeling_resnet.py`; self-contained so that
-`save_pretrained` can ship it as remote code."""
+before an MLP head; any transformers or timm backbone can take the ResNet's place (its last two stages are fused).
+Written in the style of transformers' `modeling_resnet.py`; self-contained so that `save_pretrained` can ship it
+as remote code."""
 
 import math
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ResNetBackbone
+from transformers import ResNetBackbone, TimmBackbone
 from transformers import initialization as init
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -34,13 +35,17 @@ class AsffResNetModelOutput(ModelOutput):
 
 @dataclass
 class AsffResNetImageClassifierOutput(ModelOutput):
-    """Classifier output: `loss` (when labels are given), `logits`, and the model output's `fusion_weights` and
-    `hidden_states`."""
+    """Classifier output: `loss` (when labels are given), `logits` (raw: calibrate with `config.temperature`), the
+    model output's `fusion_weights` and `hidden_states`, the pooled features the head reads (`pooler_output`), and
+    `ood_score` (batch,), the out-of-distribution score of `config.ood_method` (None without one; higher = further
+    from the training data; above `config.ood_threshold` = flagged)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     fusion_weights: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    pooler_output: torch.FloatTensor | None = None
+    ood_score: torch.FloatTensor | None = None
 
 
 def _project(in_channels: int, out_channels: int) -> nn.Module:
@@ -62,11 +67,12 @@ class AsffHighLevelAlign(nn.Module):
 
 class AsffChannelFusion(nn.Module):
     """The paper's published fusion: a softmax over channels, computed from the pooled concatenation of both
-    levels, weighs the low level (w) against the upsampled high level (1 - w)."""
+    levels, weighs the low level (w) against the upsampled high level (1 - w). `stage_channels`: the (low, high)
+    stages' channels, read from the backbone (default: the config's)."""
 
-    def __init__(self, config: AsffResNetConfig):
+    def __init__(self, config: AsffResNetConfig, stage_channels: tuple[int, int] | None = None):
         super().__init__()
-        low_channels, high_channels = config.stage_channels
+        low_channels, high_channels = stage_channels or config.stage_channels
         channels = config.fusion_channels
         self.low_proj = _project(low_channels, channels)
         self.high_align = AsffHighLevelAlign(high_channels, channels)
@@ -89,9 +95,9 @@ class AsffSpatialFusion(nn.Module):
     """The original ASFF (Liu et al. 2019): per-level 1x1 convs, then a softmax across the two levels at every
     pixel gives (alpha, beta) maps; fused = alpha * low + beta * high."""
 
-    def __init__(self, config: AsffResNetConfig):
+    def __init__(self, config: AsffResNetConfig, stage_channels: tuple[int, int] | None = None):
         super().__init__()
-        low_channels, high_channels = config.stage_channels
+        low_channels, high_channels = stage_channels or config.stage_channels
         channels, compress = config.fusion_channels, config.spatial_compress_channels
         self.low_proj = _project(low_channels, channels)
         self.high_align = AsffHighLevelAlign(high_channels, channels)
@@ -109,6 +115,23 @@ class AsffSpatialFusion(nn.Module):
         return low * weights[:, :1] + high * weights[:, 1:], weights
 
 
+class AsffMahalanobisScorer(nn.Module):
+    """Out-of-distribution score from the pooled features (Lee et al. 2018): the Mahalanobis distance to the nearest
+    class mean under the covariance shared by the classes, divided by sqrt(feature size) (a scale that does not grow
+    with the width). The class means and the precision matrix are buffers fitted on the training images
+    (`modeling.calibration.fit_calibration`) and saved with the weights."""
+
+    def __init__(self, num_features: int, num_labels: int):
+        super().__init__()
+        self.register_buffer("class_means", torch.zeros(num_labels, num_features))
+        self.register_buffer("precision", torch.eye(num_features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        diff = features.float()[:, None, :] - self.class_means.float()[None]  # (batch, classes, features)
+        squared = torch.einsum("bcd,de,bce->bc", diff, self.precision.float(), diff)
+        return (squared.min(dim=1).values.clamp_min(0) / features.shape[-1]).sqrt()
+
+
 class AsffResNetPreTrainedModel(PreTrainedModel):
     config: AsffResNetConfig
     config_class = AsffResNetConfig
@@ -124,7 +147,8 @@ class AsffResNetPreTrainedModel(PreTrainedModel):
         # sees it), so its residual blocks' last BatchNorms are zeroed afterwards. init.zeros_ skips weights that
         # from_pretrained has loaded.
         model = self if isinstance(self, AsffResNetModel) else getattr(self, self.base_model_prefix, None)
-        if self.config.zero_init_residual and isinstance(model, AsffResNetModel):
+        if (self.config.zero_init_residual and isinstance(model, AsffResNetModel)
+                and isinstance(model.backbone, ResNetBackbone)):
             for stage in model.backbone.encoder.stages:
                 for block in stage.layers:
                     init.zeros_(block.layer[-1].normalization.weight)
@@ -149,6 +173,15 @@ class AsffResNetPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
 
 
+def build_backbone(backbone_config) -> nn.Module:
+    """The backbone model of a backbone config: transformers' `ResNetBackbone` for a `ResNetConfig`, `TimmBackbone`
+    for a `TimmBackboneConfig`, the matching `AutoBackbone` class for any other. Built directly (not through
+    `AutoBackbone.from_config`) so that it shares the config object and the caller's dtype and device contexts."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
+
+    return MODEL_FOR_BACKBONE_MAPPING[type(backbone_config)](backbone_config)
+
+
 class AsffResNetModel(AsffResNetPreTrainedModel):
     """Backbone + fusion: pixel values -> fused feature map, its pooled vector and the fusion weights."""
 
@@ -156,9 +189,15 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
 
     def __init__(self, config: AsffResNetConfig):
         super().__init__(config)
-        self.backbone = ResNetBackbone(config.backbone_config)
+        self.backbone = build_backbone(config.backbone_config)
+        low, high = self.stage_reductions or (None, None)
+        if low is not None and low > high:
+            raise ValueError(f"The fused stages {self.backbone.out_features} must be ordered low level (finer) "
+                             f"first; their strides are {low} and {high}")
+        if config.fusion_channels is None:  # a timm backbone: its channels are known now
+            config.fusion_channels = self.stage_channels[0]
         fusion = self._FUSIONS.get(config.fusion_mode)
-        self.fusion = fusion(config) if fusion is not None else None
+        self.fusion = fusion(config, self.stage_channels) if fusion is not None else None
         # A named point after the fusion, so Grad-CAM can hook the fused map whatever the mode.
         self.fusion_output = nn.Identity()
         self.pooler = nn.AdaptiveAvgPool2d(1)
@@ -166,7 +205,39 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
 
     @property
     def num_features(self) -> int:
-        return self.config.fusion_channels if self.fusion is not None else self.config.stage_channels[1]
+        """Width of the pooled features the head reads."""
+        return self.config.fusion_channels if self.fusion is not None else self.stage_channels[1]
+
+    @property
+    def stage_channels(self) -> tuple[int, int]:
+        """Channels of the (low, high) stages fed to the fusion module, read from the backbone."""
+        return tuple(self.backbone.channels)
+
+    @property
+    def stage_reductions(self) -> tuple[int, int] | None:
+        """Strides of the (low, high) stages relative to the input (ResNet-50: 16, 32), read from the backbone;
+        None for a transformers backbone other than ResNet (the fusion resizes to the low stage's grid anyway)."""
+        if isinstance(self.backbone, TimmBackbone):
+            return tuple(self.backbone._backbone.feature_info.reduction())
+        if isinstance(self.backbone, ResNetBackbone):
+            config = self.backbone.config  # stem: stride 4; each stage after the first halves the grid
+            first = 2 if config.downsample_in_first_stage else 1
+            strides = [4] + [4 * first * 2 ** i for i in range(len(config.depths))]
+            return tuple(strides[config.stage_names.index(name)] for name in self.backbone.out_features)
+        return None
+
+    def stage_modules(self) -> tuple[nn.Module, nn.Module]:
+        """The modules whose outputs are the (low, high) stages the fusion reads (Grad-CAM's stage targets): a
+        transformers backbone's `encoder.stages[...]` (ResNet and the like), a timm backbone's feature modules."""
+        names = self.backbone.out_features
+        if isinstance(self.backbone, TimmBackbone):
+            network = self.backbone._backbone
+            # timm's feature wrappers (FeatureListNet) flatten `a.b` into `a_b`; EfficientNetFeatures keeps it
+            return tuple(_submodule(network, name) for name in names)
+        stages = getattr(getattr(self.backbone, "encoder", None), "stages", None)
+        if stages is None:
+            raise NotImplementedError(f"{type(self.backbone).__name__} has no encoder.stages to name the fused stages")
+        return tuple(stages[self.backbone.stage_names.index(name) - 1] for name in names)
 
     def _check_input(self, pixel_values: torch.Tensor | None) -> None:
         channels = self.config.backbone_config.num_channels
@@ -200,6 +271,13 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def _submodule(network: nn.Module, name: str) -> nn.Module:
+    try:
+        return network.get_submodule(name)
+    except AttributeError:
+        return network.get_submodule(name.replace(".", "_"))
+
+
 class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
     """ASFF-ResNet with the paper's MLP head: Linear -> ReLU -> Dropout -> Linear over the pooled fused map."""
 
@@ -212,6 +290,10 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
             nn.ReLU(),
             nn.Dropout(config.classifier_dropout),
             nn.Linear(config.head_hidden_size, config.num_labels),
+        )
+        self.ood_scorer = (
+            AsffMahalanobisScorer(self.asff_resnet.num_features, config.num_labels)
+            if config.ood_method == "mahalanobis" else None
         )
         self.post_init()
 
@@ -231,13 +313,16 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
         outputs = self.asff_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        ood_score = self.ood_scorer(outputs.pooler_output) if self.ood_scorer is not None else None
         output = AsffResNetImageClassifierOutput(
-            loss=loss, logits=logits, fusion_weights=outputs.fusion_weights, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, fusion_weights=outputs.fusion_weights, hidden_states=outputs.hidden_states,
+            pooler_output=outputs.pooler_output, ood_score=ood_score,
         )
         return output if return_dict else output.to_tuple()
 
 
 __all__ = [
+    "AsffMahalanobisScorer",
     "AsffResNetForImageClassification",
     "AsffResNetModel",
     "AsffResNetPreTrainedModel",
