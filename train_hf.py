@@ -10,6 +10,8 @@ in `modeling.training`. Examples:
         --dataset ../shared/data/isic2020-part --output_dir runs/eval
 """
 
+import dataclasses
+import json
 import logging
 import sys
 
@@ -18,7 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from modeling.training import DataArguments, ModelArguments, main
 
-DEFAULTS = {  # the recipe's defaults; every one can be overridden on the command line
+DEFAULTS = {  # the recipe's defaults; every one can be overridden on the command line or in a JSON file
     "eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
     "metric_for_best_model": "roc_auc", "greater_is_better": True, "save_total_limit": 2,
     "remove_unused_columns": False, "report_to": "none", "logging_steps": 10, "lr_scheduler_type": "cosine",
@@ -28,21 +30,32 @@ DEFAULTS = {  # the recipe's defaults; every one can be overridden on the comman
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line options, or one JSON file of them (`python train_hf.py cfg.json`); DEFAULTS apply to both."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     parser.set_defaults(**DEFAULTS)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
+        with open(argv[0], encoding="utf-8") as handle:
+            values = json.load(handle)
+        known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
+        if unknown := sorted(set(values) - known):
+            parser.error(f"{argv[0]}: unknown option(s) {unknown}")
+        return parser.parse_dict({**DEFAULTS, **values})  # parse_dict alone would ignore the parser's defaults
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parses the options and runs; bad input is one line on stderr and exit code 2."""
+    model_args, data_args, training_args = parse_args(argv)
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    try:
+        return main(model_args, data_args, training_args)
+    except ValueError as error:  # bad input: a clear message, no traceback
+        logging.getLogger("train_hf").error("%s", error)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model_args, data_args, training_args = parse_args()
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    try:
-        main(model_args, data_args, training_args)
-    except ValueError as error:  # bad input: a clear message, no traceback
-        logging.getLogger("train_hf").error("%s", error)
-        sys.exit(2)
+    run()

@@ -10,7 +10,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -308,8 +308,11 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         loss_func = class_weighted_loss(balanced_class_weights(train["label"], len(prepared.labels)))
     elif model_args.class_weighting != "none":
         raise ValueError(f"class_weighting must be 'none' or 'balanced', got {model_args.class_weighting!r}")
+    # The Trainer never pushes (its push would run before the report exists, and again per checkpoint): the
+    # finished folder is pushed once, at the end (push_folder).
     trainer = Trainer(
-        model=model, args=args, train_dataset=train, eval_dataset=prepared.dataset.get("validation"),
+        model=model, args=replace(args, push_to_hub=False), train_dataset=train,
+        eval_dataset=prepared.dataset.get("validation"),
         data_collator=collate_fn, processing_class=processor, compute_metrics=compute_metrics,
         compute_loss_func=loss_func, callbacks=callbacks,
     )
@@ -360,12 +363,13 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
 
 
 def push_folder(folder: Path, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
-    """Uploads a finished model directory (without Trainer checkpoints) with huggingface_hub."""
-    from huggingface_hub import create_repo, upload_folder
+    """Uploads a finished model directory (without Trainer checkpoints) in one commit with huggingface_hub."""
+    from huggingface_hub import HfApi
 
-    repo = create_repo(repo_id, token=token, private=private, exist_ok=True)
-    upload_folder(repo_id=repo.repo_id, folder_path=str(folder), token=token,
-                  ignore_patterns=["checkpoint-*", "runs/*", ".staging/*"], commit_message="Upload ASFF-ResNet")
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message="Upload ASFF-ResNet",
+                      ignore_patterns=["checkpoint-*", "runs/*", ".staging/*"])
     return repo.repo_id
 
 
@@ -391,7 +395,7 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     if recorded is not None and len(model_labels) == 2:  # a threshold on p(class 1) only means something binary
         threshold, source = float(recorded), "model card"
     attach_transforms(prepared, processor, strength=0.0)
-    trainer = Trainer(model=model, args=replace_args(args, eval_strategy="no", load_best_model_at_end=False),
+    trainer = Trainer(model=model, args=replace(args, eval_strategy="no", load_best_model_at_end=False),
                       data_collator=collate_fn, processing_class=processor)
     out = Path(args.output_dir)
     staging = out / ".staging"
@@ -453,7 +457,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
     root = Path(args.output_dir)
     results = {}
     for name in names:
-        run_args = args if len(names) == 1 else replace_args(
+        run_args = args if len(names) == 1 else replace(
             args, output_dir=str(root / name), hub_model_id=args.hub_model_id and f"{args.hub_model_id}-{name}")
         results[name] = train_one(name, model_args, data_args, run_args, prepared)
     if len(names) > 1 and results[names[0]] is not None:
@@ -462,8 +466,3 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
         compare_runs(root, {name: root / name for name in names})
     return results
 
-
-def replace_args(args: TrainingArguments, **changes) -> TrainingArguments:
-    """A copy of the training arguments with some fields changed (TrainingArguments is a dataclass)."""
-    values = {f.name: getattr(args, f.name) for f in fields(args) if f.init}
-    return TrainingArguments(**{**values, **changes})

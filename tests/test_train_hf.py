@@ -1,0 +1,141 @@
+"""train_hf.py's entry point on generated images, in-process: the JSON config form (the same defaults as the command
+line) and a single upload with --push_to_hub (against a recording stand-in for the Hub API, no network)."""
+
+import dataclasses
+import json
+import socket
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+import transformers
+from helpers import TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, tiny_config
+from huggingface_hub import HfApi, RepoUrl
+from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+from huggingface_hub.utils import filter_repo_objects
+
+import modeling.training as training
+from train_hf import DEFAULTS, parse_args, run
+
+TINY_JSON = {"image_size": TINY_IMAGE_SIZE, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+             "disable_tqdm": True, "dataloader_num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_config_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("config")
+    tiny_config().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def keep_transformers_verbosity():
+    """run() turns transformers' logging to INFO, as the CLI does; the other tests keep theirs."""
+    verbosity = transformers.utils.logging.get_verbosity()
+    yield
+    transformers.utils.logging.set_verbosity(verbosity)
+
+
+def write_json(path: Path, values: dict) -> str:
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def test_json_config_gets_the_defaults_of_the_command_line(tmp_path):
+    options = {"output_dir": str(tmp_path / "out"), "num_train_epochs": 1, "learning_rate": 3e-4, "seed": 7}
+    from_json = parse_args([write_json(tmp_path / "cfg.json", options)])
+    from_cli = parse_args([f"--{key}={value}" for key, value in options.items()])
+    assert from_json[:2] == from_cli[:2]
+    assert from_json[2].to_dict() == from_cli[2].to_dict()
+    args = from_json[2]
+    assert args.remove_unused_columns is False and args.metric_for_best_model == "roc_auc"  # project defaults
+    assert args.learning_rate == 3e-4 and args.num_train_epochs == 1  # the file's values win
+    for key, value in DEFAULTS.items():
+        if key not in options and key != "report_to":  # report_to "none" becomes []
+            assert getattr(args, key) == value or str(getattr(args, key)) == value, key
+
+
+def test_json_config_with_an_unknown_option_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([write_json(tmp_path / "cfg.json", {"dataset": "d", "output_dir": "o", "epochs": 3})])
+    assert exit_info.value.code == 2 and "unknown option(s) ['epochs']" in capsys.readouterr().err
+
+
+def test_json_config_trains_end_to_end(image_folder, tiny_config_dir, tmp_path):
+    """`python train_hf.py cfg.json` (before the fix: KeyError 'image', the Trainer dropping the image column)."""
+    out = tmp_path / "run"
+    config = write_json(tmp_path / "cfg.json", {
+        "dataset": str(image_folder), "config_name": str(tiny_config_dir), "output_dir": str(out),
+        "num_train_epochs": 1, "class_weighting": "balanced", **TINY_JSON})
+    result = run([config])
+    assert result["channel"]["test"]["n"] == 12
+    assert json.loads((out / "metrics.json").read_text())["settings"]["class_weighting"] == "balanced"
+    assert (out / "model.safetensors").is_file() and (out / "report" / "report.json").is_file()
+
+
+class RecordingHub:
+    """A stand-in for huggingface_hub.HfApi's Hub calls (the Trainer's and ours go through HfApi): records each call
+    and, for an upload, the files it would send (huggingface_hub's own pattern filter); nothing leaves the machine."""
+
+    CALLS = ("create_repo", "upload_folder", "upload_file", "create_commit",
+             "preupload_lfs_files", "delete_file", "create_branch", "whoami", "repo_info", "model_info")
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[str, dict]] = []
+        for name in self.CALLS:
+            monkeypatch.setattr(HfApi, name, self._recorder(name))
+
+    def _recorder(self, name: str):
+        def call(api, *args, **kwargs):
+            record = {"args": args, **kwargs}
+            self.calls.append((name, record))
+            if name == "create_repo":
+                return RepoUrl(f"https://huggingface.co/{kwargs.get('repo_id') or args[0]}")
+            if name == "upload_folder":
+                folder = Path(kwargs["folder_path"])
+                paths = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+                ignore = [*(kwargs.get("ignore_patterns") or []), *DEFAULT_IGNORE_PATTERNS]
+                record["files"] = sorted(filter_repo_objects(paths, allow_patterns=kwargs.get("allow_patterns"),
+                                                             ignore_patterns=ignore))
+                if kwargs.get("run_as_future"):
+                    future = Future()
+                    future.set_result(None)
+                    return future
+                return None
+            raise AssertionError(f"unexpected Hub call {name}")
+
+        return call
+
+    def named(self, name: str) -> list[dict]:
+        return [kwargs for called, kwargs in self.calls if called == name]
+
+
+def test_push_to_hub_uploads_the_finished_folder_once(image_folder, tiny_config_dir, tmp_path, monkeypatch):
+    hub = RecordingHub(monkeypatch)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    out = tmp_path / "run"
+    training.main(*parse_args(["--dataset", str(image_folder), "--config_name", str(tiny_config_dir), "--output_dir",
+                               str(out), "--num_train_epochs", "1", "--push_to_hub", "true", "--hub_model_id",
+                               "me/tiny-asff", *TINY_TRAIN_ARGS]))
+    assert list(out.glob("checkpoint-*")), "the run keeps a Trainer checkpoint, which must not be uploaded"
+    assert [name for name, _ in hub.calls] == ["create_repo", "upload_folder"]  # one repo, one commit
+    assert hub.named("create_repo")[0]["args"] == ("me/tiny-asff",)
+    upload = hub.named("upload_folder")[0]
+    assert upload["repo_id"] == "me/tiny-asff" and Path(upload["folder_path"]) == out
+    files = upload["files"]
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json",
+                 "trainer_state.json", "report/report.json", "report/report.md", "report/roc.png",
+                 "report/validation/report.json"):
+        assert name in files, name
+    assert not [f for f in files if f.startswith(("checkpoint-", ".staging/", "runs/"))], files
+
+
+def test_replace_keeps_every_other_training_argument(tmp_path):
+    """push_to_hub=False for the Trainer and per-model output directories rely on dataclasses.replace."""
+    args = parse_args(["--dataset", "d", "--output_dir", str(tmp_path), "--push_to_hub", "true"])[2]
+    changed = dataclasses.replace(args, push_to_hub=False)
+    assert changed.to_dict() == {**args.to_dict(), "push_to_hub": False}
