@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import softmax
+from sklearn.utils.class_weight import compute_class_weight
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -163,13 +165,9 @@ def attach_transforms(prepared: PreparedData, processor, strength: float) -> Non
         split.set_transform(make_transform_fn(transform))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(np.asarray(logits, dtype=np.float32)).softmax(-1).numpy()
-
-
 def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    return compute_classification_metrics(softmax(logits), np.asarray(prediction.label_ids))
+    return compute_classification_metrics(softmax(logits, axis=-1), np.asarray(prediction.label_ids))
 
 
 def class_weighted_loss(weights: torch.Tensor):
@@ -182,8 +180,12 @@ def class_weighted_loss(weights: torch.Tensor):
 
 
 def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+    """scikit-learn's "balanced" weights, n_samples / (n_classes * count). A class absent from train (e.g. after
+    --max_train_samples) keeps weight 1: it never weighs in the loss, and the others' ratios are unchanged."""
+    weights = np.ones(num_classes)
+    present = np.unique(labels)
+    weights[present] = compute_class_weight("balanced", classes=present, y=np.asarray(labels))
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def predict_probs(trainer: Trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +197,7 @@ def predict_probs(trainer: Trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
     finally:
         trainer.compute_metrics = compute
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return softmax(logits), np.asarray(output.label_ids)
+    return softmax(logits, axis=-1), np.asarray(output.label_ids)
 
 
 def command_line() -> str:

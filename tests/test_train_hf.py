@@ -1,5 +1,6 @@
 """train_hf.py's entry point on generated images, in-process: the JSON config form (the same defaults as the command
-line) and a single upload with --push_to_hub (against a recording stand-in for the Hub API, no network)."""
+line), a single upload with --push_to_hub (against a recording stand-in for the Hub API, no network), and the class
+weighting."""
 
 import dataclasses
 import json
@@ -7,7 +8,10 @@ import socket
 from concurrent.futures import Future
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 import transformers
 from helpers import TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, tiny_config
 from huggingface_hub import HfApi, RepoUrl
@@ -139,3 +143,15 @@ def test_replace_keeps_every_other_training_argument(tmp_path):
     args = parse_args(["--dataset", "d", "--output_dir", str(tmp_path), "--push_to_hub", "true"])[2]
     changed = dataclasses.replace(args, push_to_hub=False)
     assert changed.to_dict() == {**args.to_dict(), "push_to_hub": False}
+
+
+def test_balanced_class_weights_are_sklearns_and_ignore_a_missing_class():
+    weights = training.balanced_class_weights([0, 0, 0, 1], 2)
+    torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
+    labels = [0, 0, 0, 1]  # class 2 absent (e.g. after --max_train_samples): its weight never counts
+    weights = training.balanced_class_weights(labels, 3)
+    assert weights[2] == 1
+    logits, target = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.tensor(labels)
+    formula = torch.tensor(4 / (3 * np.maximum(np.bincount(labels, minlength=3), 1)), dtype=torch.float32)
+    torch.testing.assert_close(F.cross_entropy(logits, target, weight=weights),
+                               F.cross_entropy(logits, target, weight=formula))
