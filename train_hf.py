@@ -18,7 +18,8 @@ import sys
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
-from modeling.training import DataArguments, ModelArguments, main
+from modeling.data import DataError
+from modeling.training import DataArguments, ModelArguments, UsageError, main
 
 DEFAULTS = {  # the recipe's defaults; every one can be overridden on the command line or in a JSON file
     "eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
@@ -45,13 +46,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 
 def run(argv: list[str] | None = None) -> dict:
-    """Parses the options and runs; bad input is one line on stderr and exit code 2."""
+    """Parses the options and runs. A user error (bad data, bad arguments) is one line on stderr and exit code 2;
+    anything else is a bug and keeps its traceback."""
     model_args, data_args, training_args = parse_args(argv)
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     try:
         return main(model_args, data_args, training_args)
-    except ValueError as error:  # bad input: a clear message, no traceback
+    except (DataError, UsageError) as error:
         logging.getLogger("train_hf").error("%s", error)
         sys.exit(2)
 

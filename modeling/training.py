@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 PAPER_ID = "arXiv 2510.03876"
 
 
+class UsageError(ValueError):
+    """A bad argument or a combination that cannot work: `train_hf.py` prints the message in one line and exits
+    with code 2. Any other exception is a bug and keeps its traceback."""
+
+
 @dataclass
 class ModelArguments:
     """Which model to train (or evaluate) and how to initialise it."""
@@ -125,7 +130,7 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
         defaults = pretrained_backbone_defaults(model_args.pretrained_backbone)
         normalisation = {key: defaults.pop(key) for key in ("image_mean", "image_std") if key in defaults}
         if model_args.config_name and model_args.backbone:
-            raise ValueError("--backbone and --config_name: give the backbone in the config file instead")
+            raise UsageError("--backbone and --config_name: give the backbone in the config file instead")
         if not model_args.config_name:
             overrides.update(defaults)  # backbone, image_size
         if model_args.backbone:
@@ -309,7 +314,7 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     if model_args.class_weighting == "balanced":
         loss_func = class_weighted_loss(balanced_class_weights(train["label"], len(prepared.labels)))
     elif model_args.class_weighting != "none":
-        raise ValueError(f"class_weighting must be 'none' or 'balanced', got {model_args.class_weighting!r}")
+        raise UsageError(f"class_weighting must be 'none' or 'balanced', got {model_args.class_weighting!r}")
     # The Trainer never pushes (its push would run before the report exists, and again per checkpoint): the
     # finished folder is pushed once, at the end (push_folder).
     trainer = Trainer(
@@ -379,7 +384,7 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     """Evaluates a saved model on the test split of a folder (or on all of it when it has no splits), at the
     threshold its model card records (else 0.5)."""
     if not model_args.model_name_or_path:
-        raise ValueError("--do_eval_only needs --model_name_or_path")
+        raise UsageError("--do_eval_only needs --model_name_or_path")
     model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
     prepared = build_dataset_dict(data_args.dataset, validation_fraction=0.0)
@@ -387,7 +392,7 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
         prepared.dataset = type(prepared.dataset)({"test": prepared.dataset["train"]})
     model_labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
     if set(prepared.labels) != set(model_labels):
-        raise ValueError(f"the data's labels {prepared.labels} do not match the model's {model_labels}")
+        raise UsageError(f"the data's labels {prepared.labels} do not match the model's {model_labels}")
     if prepared.labels != model_labels:  # same names, other order: re-index the data to the model's ids
         prepared.dataset = prepared.dataset.cast_column("label", type(prepared.dataset["test"].features["label"])(
             names=model_labels))
@@ -417,7 +422,7 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
 
 def prepare_data(data_args: DataArguments, seed: int) -> PreparedData:
     if not data_args.dataset:
-        raise ValueError("--dataset is required (an image folder or a Hub dataset id)")
+        raise UsageError("--dataset is required (an image folder or a Hub dataset id)")
     prepared = build_dataset_dict(
         data_args.dataset, validation_fraction=data_args.validation_fraction, seed=data_args.split_seed,
         drop_cross_split_duplicates=data_args.drop_duplicates,
@@ -442,18 +447,41 @@ def save_or_push_dataset(prepared: PreparedData, data_args: DataArguments) -> No
         dataset.push_to_hub(data_args.push_dataset_to_hub)
 
 
+def check_arguments(model_args: ModelArguments) -> None:
+    """Fails before the data is prepared and the first model trains, on a choice that cannot work."""
+    from .baselines import BASELINE_ARCHITECTURES, TorchvisionClassifierConfig
+
+    names = [n.strip() for n in model_args.models.split(",")] if model_args.models else [
+        model_args.baseline or model_args.fusion_mode]
+    if not model_args.model_name_or_path:  # (a saved model brings its own architecture)
+        unknown = [n for n in names if n not in FUSION_MODES and n not in BASELINE_ARCHITECTURES]
+        if unknown:
+            raise UsageError(f"unknown model(s) {unknown}: choose fusion modes {list(FUSION_MODES)} or baselines "
+                             f"{list(BASELINE_ARCHITECTURES)}")
+        for name in set(names) & set(BASELINE_ARCHITECTURES):
+            try:
+                TorchvisionClassifierConfig(architecture=name, image_size=model_args.image_size or 224)
+            except ValueError as error:  # e.g. too small an image size for the architecture
+                raise UsageError(str(error)) from error
+    if model_args.threshold_method not in ("youden", "f1", "fixed"):
+        raise UsageError(f"threshold_method must be 'youden', 'f1' or 'fixed', got {model_args.threshold_method!r}")
+    if model_args.class_weighting not in ("none", "balanced"):
+        raise UsageError(f"class_weighting must be 'none' or 'balanced', got {model_args.class_weighting!r}")
+
+
 def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     if model_args.num_threads:
         torch.set_num_threads(model_args.num_threads)
     if model_args.do_eval_only:
         return evaluate_only(model_args, data_args, args)
+    check_arguments(model_args)
     prepared = prepare_data(data_args, args.seed)
     if data_args.save_dataset_to or data_args.push_dataset_to_hub:
         save_or_push_dataset(prepared, data_args)
     if data_args.prepare_only:
         return {"splits": {k: len(v) for k, v in prepared.dataset.items()}, "duplicates": prepared.duplicates}
     if "test" not in prepared.dataset:
-        raise ValueError("the data has no test split: add one, or pass --test_fraction to carve it from train")
+        raise UsageError("the data has no test split: add one, or pass --test_fraction to carve it from train")
     names = [n.strip() for n in model_args.models.split(",")] if model_args.models else [
         model_args.baseline or model_args.fusion_mode]
     root = Path(args.output_dir)

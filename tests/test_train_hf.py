@@ -1,9 +1,10 @@
 """train_hf.py's entry point on generated images, in-process: the JSON config form (the same defaults as the command
-line), a single upload with --push_to_hub (against a recording stand-in for the Hub API, no network), and the class
-weighting."""
+line), one-line user errors against tracebacks for bugs, a single upload with --push_to_hub (against a recording
+stand-in for the Hub API, no network), and the class weighting."""
 
 import dataclasses
 import json
+import logging
 import socket
 from concurrent.futures import Future
 from pathlib import Path
@@ -13,12 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from helpers import TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, tiny_config
+from helpers import TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, make_image_folder, tiny_config
 from huggingface_hub import HfApi, RepoUrl
 from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import filter_repo_objects
 
 import modeling.training as training
+import train_hf
 from train_hf import DEFAULTS, parse_args, run
 
 TINY_JSON = {"image_size": TINY_IMAGE_SIZE, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
@@ -155,3 +157,54 @@ def test_balanced_class_weights_are_sklearns_and_ignore_a_missing_class():
     formula = torch.tensor(4 / (3 * np.maximum(np.bincount(labels, minlength=3), 1)), dtype=torch.float32)
     torch.testing.assert_close(F.cross_entropy(logits, target, weight=weights),
                                F.cross_entropy(logits, target, weight=formula))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--output_dir", "out"], "--dataset is required"),
+    (["--dataset", "{data}", "--output_dir", "out", "--models", "channel,alexnet"], "unknown model(s) ['alexnet']"),
+    (["--dataset", "{data}", "--output_dir", "out", "--threshold_method", "accuracy"], "threshold_method must be"),
+    (["--dataset", "{data}", "--output_dir", "out", "--class_weighting", "inverse"], "class_weighting must be"),
+    (["--dataset", "{data}", "--output_dir", "out", "--baseline", "inception_v3", "--image_size", "64"],
+     "needs image_size >= 75"),
+    (["--dataset", "{train_only}", "--output_dir", "out"], "no test split"),
+    (["--dataset", "{empty}", "--output_dir", "out"], "no readable images"),  # DataErrors from here on
+    (["--dataset", "{three_per_class}", "--output_dir", "out"], "cannot carve a stratified validation split"),
+    (["--do_eval_only", "true", "--dataset", "{data}", "--output_dir", "out"], "needs --model_name_or_path"),
+])
+def test_user_errors_are_one_line_and_exit_code_2(arguments, message, image_folder, tmp_path, caplog, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    folders = {"data": image_folder, "empty": tmp_path / "empty", "train_only": tmp_path / "train_only",
+               "three_per_class": tmp_path / "three_per_class"}
+    if "{train_only}" in arguments:
+        make_image_folder(folders["train_only"], {"train": 8})
+    if "{three_per_class}" in arguments:
+        make_image_folder(folders["three_per_class"], {"train": 3, "test": 2})
+    monkeypatch.chdir(tmp_path)
+    arguments = [a.format(**folders) for a in arguments]
+    with caplog.at_level(logging.ERROR, logger="train_hf"), pytest.raises(SystemExit) as exit_info:
+        run(arguments)
+    assert exit_info.value.code == 2
+    errors = [r for r in caplog.records if r.name == "train_hf"]
+    assert len(errors) == 1 and message in errors[0].getMessage() and "\n" not in errors[0].getMessage()
+    assert errors[0].exc_info is None
+
+
+def test_eval_only_label_mismatch_is_a_user_error(tiny_model_dir, tmp_path, caplog):
+    data = make_image_folder(tmp_path / "data", {"test": 2}, labels=("nevus", "melanoma"))
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--do_eval_only", "true", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(data),
+             "--output_dir", str(tmp_path / "out"), *TINY_TRAIN_ARGS])
+    assert exit_info.value.code == 2 and "do not match the model's" in caplog.text
+
+
+@pytest.mark.parametrize("bug", [ValueError("an internal check failed"), KeyError("image")])
+def test_bugs_keep_their_traceback(bug, monkeypatch, tmp_path):
+    """Only the project's own error types are user errors; a ValueError or KeyError from a bug propagates (Python
+    prints its traceback and exits with 1)."""
+
+    def broken(*args):
+        raise bug
+
+    monkeypatch.setattr(train_hf, "main", broken)
+    with pytest.raises(type(bug)):
+        run(["--dataset", "data", "--output_dir", str(tmp_path)])
