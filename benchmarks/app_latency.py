@@ -20,8 +20,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling import AsffResNetConfig, AsffResNetForImageClassification  # noqa: E402
-from modeling.explain import explain, pixel_values  # noqa: E402
+from modeling.explain import explain  # noqa: E402
 from modeling.image_processing import build_image_processor  # noqa: E402
+from modeling.inference import pixel_values  # noqa: E402
 
 
 def timed_ms(fn) -> float:
