@@ -64,7 +64,7 @@ def test_invalid_configurations():
         TorchvisionClassifierConfig(architecture="inception_v3", image_size=64)
     with pytest.raises(ValueError, match="dropout"):
         TorchvisionClassifierConfig(architecture="resnet50", dropout=0.2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_labels=3 but id2label has 2 entries"):
         build_baseline("mobilenet_v2", 3, ID2LABEL, 32)
 
 
@@ -116,6 +116,7 @@ def test_new_head_is_initialised_and_the_rest_loaded(saved_mobilenet):
                                model.torchvision_model.features[0][0].weight, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # a fresh Python importing torch and transformers
 def test_loads_as_remote_code_in_a_fresh_process(saved_mobilenet, tmp_path):
     """Without this package on the path, `trust_remote_code=True` runs the shipped `baselines.py`."""
     directory, _ = saved_mobilenet

@@ -100,7 +100,7 @@ def test_choose_threshold_separates_separable_data(method):
 def test_choose_threshold_edge_cases():
     labels, probs = multiclass_data(n=30)
     assert choose_threshold(labels, probs) == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="method must be 'youden' or 'f1', got 'accuracy'"):
         choose_threshold([0, 1], [[0.5, 0.5], [0.4, 0.6]], method="accuracy")
     with pytest.warns(UserWarning):
         assert choose_threshold([1, 1], [[0.5, 0.5], [0.4, 0.6]]) == 0.5
@@ -157,7 +157,7 @@ def test_write_report_multiclass_and_degenerate(tmp_path):
     assert summary["metrics"]["roc_auc"] is None and summary["ci95"]["roc_auc"] == [None, None]
     assert "roc.png" not in summary["figures"] and "confusion.png" in summary["figures"]
     assert "| ROC AUC | – | – | – |" in (tmp_path / "one" / "report.md").read_text()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 label names for 2 classes"):
         write_report(tmp_path / "bad", labels, probs, ["only one name"], n_resamples=0)
 
 
@@ -247,7 +247,7 @@ def test_paired_bootstrap_is_zero_for_a_model_against_itself_and_signed_for_a_be
     assert difference["roc_auc"]["delta"] == pytest.approx(expected, abs=1e-12)
     low, high = difference["roc_auc"]["ci95"]
     assert 0 < low <= expected <= high
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"got \(10, 2\) and \(300,\)"):  # the second model's, not the same images
         paired_bootstrap(labels, probs, probs[:10])
 
 

@@ -13,8 +13,8 @@ import gradio
 import numpy as np
 import pytest
 from app_fixtures import free_port, served_client
-from helpers import lesion_image
 from gradio_client import handle_file
+from helpers import lesion_image
 from huggingface_hub import SpaceCard
 
 SPACE = Path(__file__).resolve().parents[1] / "space"

@@ -1,8 +1,8 @@
 """train_hf.py end to end on generated images: outputs, model card, remote-code loading, a single test
-evaluation, fine-tuning onto a new label set, eval-only, resume after SIGKILL, and 2-process torchrun."""
+evaluation, fine-tuning onto a new label set, eval-only, resume after SIGKILL, and 2-process torchrun. The runs are
+in-process (train_hf's own parse_args and main); the slow tests run the CLI as a subprocess, as a user does."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,17 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_image_folder, tiny_config
+from helpers import ROOT, TINY_TRAIN_ARGS, make_image_folder, offline_env, tiny_config
 from huggingface_hub import ModelCard
 
 import modeling.training as training
+from modeling.compare import main as compare_main
 from train_hf import parse_args
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-       "OMP_NUM_THREADS": "1"}
-TINY = ["--image_size", "32", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-        "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+ENV = offline_env()
+TINY = TINY_TRAIN_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +31,10 @@ def tiny_config_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, image_folder, tiny_config_dir):
-    """One real CLI run (a subprocess, as a user runs it): 2 epochs on a few dozen images."""
+    """One training run (2 epochs on a few dozen images) through train_hf's parse_args and main."""
     out = tmp_path_factory.mktemp("run")
-    command = [sys.executable, str(ROOT / "train_hf.py"), "--dataset", str(image_folder), "--config_name",
-               str(tiny_config_dir), "--output_dir", str(out), "--num_train_epochs", "2", *TINY]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    training.main(*parse_args(["--dataset", str(image_folder), "--config_name", str(tiny_config_dir), "--output_dir",
+                               str(out), "--num_train_epochs", "2", *TINY]))
     return out
 
 
@@ -62,6 +58,7 @@ def test_cli_writes_model_report_metrics_and_card(trained):
     assert test["threshold_source"].startswith("validation")
 
 
+@pytest.mark.slow  # a fresh Python importing torch and transformers
 def test_saved_model_loads_with_remote_code_in_a_fresh_process(trained, tmp_path):
     code = (f"from transformers import AutoModelForImageClassification as A; "
             f"m = A.from_pretrained({str(trained)!r}, trust_remote_code=True); print(type(m).__name__)")
@@ -84,7 +81,9 @@ def test_test_split_is_evaluated_exactly_once(image_folder, tiny_config_dir, tmp
                        str(tmp_path), "--num_train_epochs", "1", "--validation_fraction", "0.25", *TINY])
     result = training.main(*args)
     assert seen.count(12) == 1 and seen.count(8) == 1  # test once, validation once (threshold)
-    history = json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    checkpoint = Path(result["channel"]["settings"]["best_checkpoint"])  # the run's own, whatever its step
+    assert checkpoint.parent == tmp_path and (checkpoint / "trainer_state.json").is_file()
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]  # the whole run's
     assert not any(key.startswith("test_") for entry in history for key in entry)
     assert result["channel"]["test"]["n"] == 12
 
@@ -114,7 +113,8 @@ def test_eval_only_reproduces_recorded_test_metrics(trained, image_folder, tmp_p
         assert evaluated["test"]["metrics"][name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
 
 
-def test_models_under_one_recipe_with_paired_comparison_and_time_budget(image_folder, tiny_config_dir, tmp_path):
+def test_models_under_one_recipe_with_paired_comparison_and_time_budget(image_folder, tiny_config_dir, tmp_path,
+                                                                        capsys):
     """`--models a,b` trains each under the same arguments, saves test predictions keyed by image path, and writes
     the comparison with paired differences; a time budget stops training early but keeps the rest of the run."""
     args = parse_args(["--dataset", str(image_folder), "--config_name", str(tiny_config_dir), "--output_dir",
@@ -134,20 +134,20 @@ def test_models_under_one_recipe_with_paired_comparison_and_time_budget(image_fo
     assert "Paired differences from `channel` (same 12 images)" in (tmp_path / "comparison.md").read_text()
     assert (tmp_path / "learning_curves.png").stat().st_size > 0  # from each run's saved trainer_state.json
     assert "log_history" in json.loads((tmp_path / "channel" / "trainer_state.json").read_text())
-    # The same comparison from the saved run directories, by the CLI, with the other reference.
-    result = subprocess.run([sys.executable, "-m", "modeling.compare", "--output_dir", str(tmp_path / "cli"),
-                             f"none={tmp_path / 'none'}", str(tmp_path / "channel")], env=ENV, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Paired differences from `none`" in result.stdout
+    # The same comparison from the saved run directories, by the CLI (python -m modeling.compare), with the other
+    # reference.
+    capsys.readouterr()
+    compare_main(["--output_dir", str(tmp_path / "cli"), f"none={tmp_path / 'none'}", str(tmp_path / "channel")])
+    assert "Paired differences from `none`" in capsys.readouterr().out
     cli = json.loads((tmp_path / "cli" / "comparison.json").read_text())
     assert cli["paired_differences"]["channel"]["roc_auc"]["delta"] == pytest.approx(
         -comparison["paired_differences"]["none"]["roc_auc"]["delta"], abs=1e-9)
-    missing = subprocess.run([sys.executable, "-m", "modeling.compare", "--output_dir", str(tmp_path / "x"),
-                              str(tmp_path)], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "no report/report.json" in missing.stderr
+    with pytest.raises(SystemExit) as missing:
+        compare_main(["--output_dir", str(tmp_path / "x"), str(tmp_path)])
+    assert missing.value.code == 2 and "no report/report.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess; tests/test_train_hf.py checks the same in-process
 def test_bad_dataset_is_a_clear_cli_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = subprocess.run([sys.executable, str(ROOT / "train_hf.py"), "--dataset", str(tmp_path / "empty"),
