@@ -128,7 +128,6 @@ def test_train_transform_applies_colour_constancy_before_augmentation():
     assert means.max() / means.min() < 1.2
 
 
-@pytest.mark.slow  # a fresh Python importing torch and transformers
 @pytest.mark.slow  # a fresh Python process
 def test_saved_model_directory_ships_the_processor_code_for_remote_loading(tmp_path):
     """A model directory (model + processor + pipeline) loads its processor with trust_remote_code in a process that
