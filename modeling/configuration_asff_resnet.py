@@ -7,6 +7,7 @@ from transformers import ResNetConfig, TimmBackboneConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 FUSION_MODES = ("channel", "spatial", "none")
+OOD_METHODS = ("mahalanobis",)
 DEFAULT_ID2LABEL = {0: "benign", 1: "malignant"}
 # The layout of `microsoft/resnet-50`, so its weights load without conversion.
 RESNET50_BACKBONE = {
@@ -53,6 +54,20 @@ class AsffResNetConfig(PreTrainedConfig):
         ResNet backbones only (a timm backbone keeps timm's own initialisation).
     image_size (`int`, *optional*, defaults to 224):
         Input resolution the model is trained and served at (also written into the image processor).
+    decision_threshold (`float`, *optional*, defaults to 0.5):
+        Binary models predict class 1 when its calibrated probability is at least this (chosen on validation by
+        `train_hf.py`); the one home of the decision rule (`modeling.decision`).
+    temperature (`float`, *optional*, defaults to 1.0):
+        Calibration: probabilities are softmax(logits / temperature), the temperature fitted on validation.
+    ood_method (`str`, *optional*):
+        Out-of-distribution score computed in the forward pass from the pooled features: `"mahalanobis"` (distance
+        to the nearest class mean under the shared training covariance, Lee et al. 2018; its statistics are buffers
+        saved with the weights). `None`: no score.
+    ood_threshold (`float`, *optional*):
+        Images whose OOD score exceeds this are flagged as outside the training distribution; set on validation so
+        that `ood_pass_rate` of in-distribution images pass.
+    ood_pass_rate (`float`, *optional*, defaults to 0.95):
+        The share of validation images the OOD threshold lets through.
     """
 
     model_type = "asff_resnet"
@@ -69,6 +84,11 @@ class AsffResNetConfig(PreTrainedConfig):
     classifier_dropout: float = 0.0
     zero_init_residual: bool = True
     image_size: int = 224
+    decision_threshold: float = 0.5
+    temperature: float = 1.0
+    ood_method: str | None = None
+    ood_threshold: float | None = None
+    ood_pass_rate: float = 0.95
 
     def __post_init__(self, **kwargs):
         timm_name = kwargs.pop("backbone", None)
@@ -100,6 +120,14 @@ class AsffResNetConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        if not 0.0 <= self.decision_threshold <= 1.0:
+            raise ValueError(f"decision_threshold must be in [0, 1], got {self.decision_threshold}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.ood_method is not None and self.ood_method not in OOD_METHODS:
+            raise ValueError(f"ood_method={self.ood_method!r} is not one of {', '.join(OOD_METHODS)} (or None)")
+        if not 0.0 < self.ood_pass_rate < 1.0:
+            raise ValueError(f"ood_pass_rate must be in (0, 1), got {self.ood_pass_rate}")
 
     def _check_stages(self) -> None:
         """Two stages, low level first. A timm backbone's stage names are known only once timm builds it (the
@@ -134,4 +162,4 @@ class AsffResNetConfig(PreTrainedConfig):
         return tuple(sizes[names.index(s) - 1] for s in stages)
 
 
-__all__ = ["AsffResNetConfig", "FUSION_MODES"]
+__all__ = ["AsffResNetConfig", "FUSION_MODES", "OOD_METHODS"]

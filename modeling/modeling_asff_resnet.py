@@ -35,13 +35,17 @@ class AsffResNetModelOutput(ModelOutput):
 
 @dataclass
 class AsffResNetImageClassifierOutput(ModelOutput):
-    """Classifier output: `loss` (when labels are given), `logits`, and the model output's `fusion_weights` and
-    `hidden_states`."""
+    """Classifier output: `loss` (when labels are given), `logits` (raw: calibrate with `config.temperature`), the
+    model output's `fusion_weights` and `hidden_states`, the pooled features the head reads (`pooler_output`), and
+    `ood_score` (batch,), the out-of-distribution score of `config.ood_method` (None without one; higher = further
+    from the training data; above `config.ood_threshold` = flagged)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     fusion_weights: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    pooler_output: torch.FloatTensor | None = None
+    ood_score: torch.FloatTensor | None = None
 
 
 def _project(in_channels: int, out_channels: int) -> nn.Module:
@@ -109,6 +113,23 @@ class AsffSpatialFusion(nn.Module):
         compressed = [layer(x) for layer, x in zip(self.level_weights, (low, high), strict=True)]
         weights = self.weight_logits(torch.cat(compressed, dim=1)).softmax(dim=1)
         return low * weights[:, :1] + high * weights[:, 1:], weights
+
+
+class AsffMahalanobisScorer(nn.Module):
+    """Out-of-distribution score from the pooled features (Lee et al. 2018): the Mahalanobis distance to the nearest
+    class mean under the covariance shared by the classes, divided by sqrt(feature size) (a scale that does not grow
+    with the width). The class means and the precision matrix are buffers fitted on the training images
+    (`modeling.calibration.fit_calibration`) and saved with the weights."""
+
+    def __init__(self, num_features: int, num_labels: int):
+        super().__init__()
+        self.register_buffer("class_means", torch.zeros(num_labels, num_features))
+        self.register_buffer("precision", torch.eye(num_features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        diff = features.float()[:, None, :] - self.class_means.float()[None]  # (batch, classes, features)
+        squared = torch.einsum("bcd,de,bce->bc", diff, self.precision.float(), diff)
+        return (squared.min(dim=1).values.clamp_min(0) / features.shape[-1]).sqrt()
 
 
 class AsffResNetPreTrainedModel(PreTrainedModel):
@@ -270,6 +291,10 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
             nn.Dropout(config.classifier_dropout),
             nn.Linear(config.head_hidden_size, config.num_labels),
         )
+        self.ood_scorer = (
+            AsffMahalanobisScorer(self.asff_resnet.num_features, config.num_labels)
+            if config.ood_method == "mahalanobis" else None
+        )
         self.post_init()
 
     def forward(
@@ -288,13 +313,16 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
         outputs = self.asff_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        ood_score = self.ood_scorer(outputs.pooler_output) if self.ood_scorer is not None else None
         output = AsffResNetImageClassifierOutput(
-            loss=loss, logits=logits, fusion_weights=outputs.fusion_weights, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, fusion_weights=outputs.fusion_weights, hidden_states=outputs.hidden_states,
+            pooler_output=outputs.pooler_output, ood_score=ood_score,
         )
         return output if return_dict else output.to_tuple()
 
 
 __all__ = [
+    "AsffMahalanobisScorer",
     "AsffResNetForImageClassification",
     "AsffResNetModel",
     "AsffResNetPreTrainedModel",

@@ -259,7 +259,7 @@ def _save(figure: Figure, out_dir: Path, name: str, figures: list[str]) -> None:
 
 
 def _plot_figures(out_dir: Path, labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float,
-                  metrics: dict[str, float], title: str) -> list[str]:
+                  metrics: dict[str, float], title: str, uncalibrated: np.ndarray | None = None) -> list[str]:
     figures: list[str] = []
     num_classes = probs.shape[1]
     suffix = "\n" + textwrap.shorten(title, width=60, placeholder="…") if title else ""  # figures are 5 in wide
@@ -297,7 +297,11 @@ def _plot_figures(out_dir: Path, labels: np.ndarray, probs: np.ndarray, label_na
     prob_true, prob_pred = calibration_curve(outcome, confidence, n_bins=ECE_BINS)
     figure, ax = _new_axes()
     ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
-    ax.plot(prob_pred, prob_true, "o-", label="model")
+    if uncalibrated is not None:  # before temperature scaling, for comparison
+        before_true, before_pred = calibration_curve(*_calibration_inputs(labels, uncalibrated)[::-1], n_bins=ECE_BINS)
+        ax.plot(before_pred, before_true, "s--", color="tab:grey",
+                label=f"before calibration (ECE {metrics['ece_uncalibrated']:.3f})")
+    ax.plot(prob_pred, prob_true, "o-", label="model" if uncalibrated is None else "calibrated")
     counts = ax.twinx()
     counts.hist(confidence, bins=ECE_BINS, range=(0, 1), alpha=0.2, color="grey")
     counts.set_ylabel("images")
@@ -337,6 +341,9 @@ def _metrics_table(summary: dict) -> str:
         at_half = summary["ece"] if name == "ece" else summary["metrics_at_0.5"][name]
         ci = _fmt_ci(summary["ci95"].get(name))
         rows.append(f"| {METRIC_NAMES[name]} | {_fmt(value)} | {ci} | {_fmt(at_half)} |")
+    if summary.get("ece_uncalibrated") is not None:
+        rows.append(f"| Expected calibration error before temperature scaling | {_fmt(summary['ece_uncalibrated'])} "
+                    "| – | – |")
     return "\n".join(rows)
 
 
@@ -354,13 +361,16 @@ def write_report(
     title: str = "",
     n_resamples: int = 1000,
     sample_ids: list[str] | None = None,
+    uncalibrated_probs=None,
 ) -> dict:
     """Writes `roc.png`, `pr.png`, `confusion.png`, `reliability.png`, `report.json`, `report.md` and `predictions.csv`
     (one row per sample: `sample_ids` or the row number, label, probabilities; what paired comparisons between
     models need) into `out_dir` and returns the JSON summary (undefined values as None). Threshold metrics use
     `threshold` on p(class 1) for two classes, the argmax for more; confidence intervals are 95 % percentile
-    bootstrap intervals (`n_resamples=0` skips them)."""
+    bootstrap intervals (`n_resamples=0` skips them). With `uncalibrated_probs` (the same model before temperature
+    scaling), the report also gives their ECE and draws both in the reliability figure."""
     labels, probs = _as_arrays(labels, probs)
+    uncalibrated = None if uncalibrated_probs is None else _as_arrays(labels, uncalibrated_probs)[1]
     if len(label_names) != probs.shape[1]:
         raise ValueError(f"{len(label_names)} label names for {probs.shape[1]} classes")
     out_dir = Path(out_dir)
@@ -369,7 +379,9 @@ def write_report(
     metrics = compute_classification_metrics(probs, labels, threshold)
     ece = expected_calibration_error(labels, probs, ECE_BINS)
     ci = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples) if n_resamples > 0 else {}
-    figures = _plot_figures(out_dir, labels, probs, list(label_names), threshold, {**metrics, "ece": ece}, title)
+    ece_before = None if uncalibrated is None else expected_calibration_error(labels, uncalibrated, ECE_BINS)
+    figures = _plot_figures(out_dir, labels, probs, list(label_names), threshold,
+                            {**metrics, "ece": ece, "ece_uncalibrated": ece_before}, title, uncalibrated)
     predicted = (probs[:, 1] >= threshold).astype(np.int64) if probs.shape[1] == 2 else probs.argmax(1)
     summary = _finite_or_none(
         {
@@ -382,6 +394,7 @@ def write_report(
             "metrics_at_0.5": compute_classification_metrics(probs, labels, 0.5),
             "ci95": {name: list(bounds) for name, bounds in ci.items()},
             "ece": ece,
+            "ece_uncalibrated": ece_before,
             "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(len(label_names)))).tolist(),
             "figures": figures,
         }
@@ -402,6 +415,90 @@ def write_report(
     ]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return summary
+
+
+def source_dir_name(source: str) -> str:
+    """A source name (folder name or Hub id) as one directory name."""
+    return re.sub(r"[^\w.-]+", "_", source.replace("/", "__")).strip("_") or "source"
+
+
+def write_source_reports(
+    out_dir,
+    labels,
+    probs,
+    label_names: list[str],
+    sources,
+    threshold: float = 0.5,
+    threshold_source: str = "default",
+    title: str = "",
+    n_resamples: int = 1000,
+    sample_ids: list[str] | None = None,
+    uncalibrated_probs=None,
+) -> dict[str, dict]:
+    """Per-source reports beside a pooled one: `write_report` on each source's rows (`sources[i]` names row i) into
+    `out_dir/sources/<source>/`, one ROC figure with a curve per source and the pooled curve (`roc_by_source.png`),
+    and a per-source table appended to `out_dir/report.md` (write the pooled report there first). The decision
+    threshold is the same for every source (the model has one). Returns {source: summary}."""
+    labels, probs = _as_arrays(labels, probs)
+    sources = np.asarray([str(name) for name in sources], dtype=object)
+    if len(sources) != len(labels):
+        raise ValueError(f"{len(sources)} source names for {len(labels)} samples")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(sources.tolist()))
+    summaries: dict[str, dict] = {}
+    for name in names:
+        rows = np.flatnonzero(sources == name)
+        summaries[name] = write_report(
+            out_dir / "sources" / source_dir_name(name), labels[rows], probs[rows], label_names, threshold=threshold,
+            threshold_source=threshold_source, title=f"{title} [{name}]" if title else name,
+            n_resamples=n_resamples, sample_ids=None if sample_ids is None else [sample_ids[i] for i in rows],
+            uncalibrated_probs=None if uncalibrated_probs is None else np.asarray(uncalibrated_probs)[rows])
+    figure = _roc_by_source(out_dir, labels, probs, sources, names, label_names, title)
+    header = "| source | n | accuracy | sensitivity | specificity | ROC AUC (95 % CI) | PR AUC | ECE |"
+    rows_md = [header, "|---|---|---|---|---|---|---|---|"]
+    pooled = json.loads((out_dir / "report.json").read_text()) if (out_dir / "report.json").is_file() else None
+    for name, summary in [*summaries.items(), *([("pooled", pooled)] if pooled else [])]:
+        metrics = summary["metrics"]
+        auc = f"{_fmt(metrics.get('roc_auc'))} {_fmt_ci(summary['ci95'].get('roc_auc'))}"
+        rows_md.append(f"| {name} | {summary['n']} | {_fmt(metrics.get('accuracy'))} | {_fmt(metrics.get('recall'))} "
+                       f"| {_fmt(metrics.get('specificity'))} | {auc} | {_fmt(metrics.get('pr_auc'))} "
+                       f"| {_fmt(summary['ece'])} |")
+    links = ", ".join(f"[{name}](sources/{source_dir_name(name)}/report.md)" for name in names)
+    section = ["", "## Per source", "", f"Threshold {threshold:.4g} for every source. Reports: {links}.", "",
+               *rows_md, ""]
+    if figure:
+        section += [f"![roc_by_source]({figure})", ""]
+    report_md = out_dir / "report.md"
+    report_md.write_text((report_md.read_text() if report_md.is_file() else "") + "\n".join(section))
+    return summaries
+
+
+def _roc_by_source(out_dir: Path, labels: np.ndarray, probs: np.ndarray, sources: np.ndarray, names: list[str],
+                   label_names: list[str], title: str) -> str | None:
+    """One ROC curve per source (and pooled) for p(class 1); None for more than two classes."""
+    if probs.shape[1] != 2:
+        return None
+    figure, ax = _new_axes()
+    groups = [(name, sources == name) for name in names] + [("pooled", np.ones(len(labels), dtype=bool))]
+    drawn = 0
+    for name, rows in groups:
+        positive = labels[rows] == 1
+        if 0 < positive.sum() < rows.sum():  # both classes present
+            fpr, tpr, _ = roc_curve(positive, probs[rows, 1])
+            ax.plot(fpr, tpr, "--" if name == "pooled" else "-",
+                    label=f"{name} (n={rows.sum()}, AUC {np.trapezoid(tpr, fpr):.3f})")
+            drawn += 1
+    if not drawn:
+        return None
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    suffix = "\n" + textwrap.shorten(title, width=60, placeholder="…") if title else ""
+    ax.set(title=f"ROC per source, p({label_names[1]}){suffix}", xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)")
+    ax.legend(loc="lower right", fontsize="small")
+    figures: list[str] = []
+    _save(figure, out_dir, "roc_by_source.png", figures)
+    return figures[0]
 
 
 def write_predictions(path, labels, probs, label_names: list[str], sample_ids: list[str] | None = None) -> None:
@@ -524,11 +621,46 @@ def _describe_model(settings: dict, base_model: str | None) -> tuple[str, list[s
     )
 
 
-def _dataset_ids(dataset: str) -> tuple[list[str] | None, str, str]:
-    """(metadata `datasets`, dataset_type, dataset_name): a Hub id goes into the metadata; a local folder does not."""
+def _dataset_ids(dataset: str | list[str]) -> tuple[list[str] | None, str, str]:
+    """(metadata `datasets`, dataset_type, dataset_name): a Hub id goes into the metadata; a local folder does not.
+    Several sources: the Hub ids among them, and their names joined with " + "."""
+    if not isinstance(dataset, str):
+        ids = [_dataset_ids(d) for d in dataset]
+        hub = [i for found, _, _ in ids for i in (found or [])]
+        kinds = {kind for _, kind, _ in ids}
+        return hub or None, kinds.pop() if len(kinds) == 1 else "mixed", " + ".join(name for _, _, name in ids)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", dataset) and not Path(dataset).exists():
         return [dataset], dataset, dataset
     return None, "imagefolder", Path(dataset).name or dataset
+
+
+def _calibration_text(summary: dict, settings: dict) -> tuple[str, str, str]:
+    """(limitations line on calibration, limitations line on OOD images, the card section) from a test summary and
+    the run settings (`training.calibration_summary`)."""
+    temperature = settings.get("temperature")
+    before = summary.get("ece_uncalibrated")
+    if temperature is None:
+        note = f"Probabilities are not calibrated (expected calibration error {_fmt(summary['ece'])} on the test set)."
+        section = "No validation split: neither temperature scaling nor an OOD detector was fitted."
+    else:
+        note = (f"Probabilities are temperature-scaled on validation (T = {temperature:.3g}); expected calibration "
+                f"error on the test set {_fmt(before)} before, {_fmt(summary['ece'])} after.")
+        section = (f"- **Temperature scaling** (Guo et al. 2017), fitted on the validation split: "
+                   f"T = {temperature:.4g} (`config.temperature`). Test ECE {_fmt(before)} → {_fmt(summary['ece'])}; "
+                   "the reliability figure shows both. The decision threshold is on the calibrated probability.")
+    threshold = settings.get("ood_threshold")
+    if threshold is None:
+        ood = "this model has no OOD detector; it classifies anything it is given."
+    else:
+        rate = settings.get("ood_pass_rate") or 0.95
+        ood = ("flagged by a Mahalanobis-distance detector on the pooled features (the warning is a screen, not a "
+               "guarantee: unusual dermoscopy is flagged too, and some non-dermoscopic images pass).")
+        section += ("\n- **Out-of-distribution flag**: Mahalanobis distance of the pooled features to the nearest "
+                    "class mean (shared covariance, Ledoit-Wolf; Lee et al. 2018), fitted on the training images; "
+                    f"images scoring above {threshold:.4g} (`config.ood_threshold`, the {rate:.0%} quantile of "
+                    "validation scores) are flagged as outside the training distribution. The score is computed in "
+                    "the same forward pass (`outputs.ood_score`).")
+    return note, ood, section
 
 
 def build_model_card(
@@ -537,7 +669,7 @@ def build_model_card(
     summary: dict,
     settings: dict,
     command: str,
-    dataset: str,
+    dataset: str | list[str],
     label_names: list[str],
     decision_threshold: float,
     base_model: str | None = None,
@@ -548,6 +680,7 @@ def build_model_card(
     results and usage. `summary` / `validation_summary` are `write_report` summaries."""
     description, arch_tags = _describe_model(settings, base_model)
     datasets, dataset_type, dataset_name = _dataset_ids(dataset)
+    dataset = dataset if isinstance(dataset, str) else " + ".join(dataset)
     values = {**summary["metrics"], "ece": summary["ece"]}
     eval_results = [
         EvalResult(
@@ -583,7 +716,7 @@ def build_model_card(
                     f"{summary['threshold_source']}). The test metrics below use that threshold; the last column "
                     "shows them at 0.5.")
         score = f'probs[model.config.label2id["{positive}"]]'
-        rule = f'"{positive}" if {score} >= {decision_threshold:.4g} else "{label_names[0]}"'
+        rule = f'"{positive}" if {score} >= model.config.decision_threshold else "{label_names[0]}"'
     else:
         decision = "The predicted class is the argmax of the probabilities."
         rule = "model.config.id2label[int(probs.argmax())]"
@@ -595,6 +728,7 @@ def build_model_card(
         "" if base_model else "- **Trained from scratch**: no pretrained weights were used, so the results are not "
         "comparable to the paper's ImageNet-initialised numbers and are expected to be lower.\n"
     )
+    calibration_note, ood_note, calibration_section = _calibration_text(summary, settings)
     body = f"""
 # {model_name}
 
@@ -617,7 +751,8 @@ Out of scope: any clinical or consumer use.
 - **Dermoscopic images only**: clinical or smartphone photographs are out of distribution.
 - **Class imbalance** (test set: {counts}): look at recall, specificity and PR AUC rather than accuracy.
 {scratch}- **Small test set** (n = {summary['n']}): see the width of the confidence intervals.
-- Probabilities may be miscalibrated (expected calibration error {_fmt(summary['ece'])} on the test set).
+- {calibration_note}
+- **Out-of-distribution images**: {ood_note}
 
 ## Data
 
@@ -643,7 +778,21 @@ Out of scope: any clinical or consumer use.
 
 95 % confidence intervals: percentile bootstrap over test images.
 {validation}
+## Calibration and out-of-distribution detection
+
+{calibration_section}
+
 ## Usage
+
+```python
+from transformers import pipeline
+
+classify = pipeline("image-classification", model="{model_name}", trust_remote_code=True)
+classify("lesion.jpg")  # decided label first: [{{"label", "score", "decision", "in_distribution", "ood_score"}}, ...]
+```
+
+The pipeline applies this model's decision rule (calibrated probabilities, the decision threshold, the OOD flag). By
+hand:
 
 ```python
 import torch
@@ -651,14 +800,18 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 model = AutoModelForImageClassification.from_pretrained("{model_name}", trust_remote_code=True).eval()
-processor = AutoImageProcessor.from_pretrained("{model_name}")
+processor = AutoImageProcessor.from_pretrained("{model_name}", trust_remote_code=True)
 inputs = processor(Image.open("lesion.jpg").convert("RGB"), return_tensors="pt")
 with torch.no_grad():
-    probs = model(**inputs).logits.softmax(-1)[0]
+    outputs = model(**inputs)
+probs = (outputs.logits / model.config.temperature).softmax(-1)[0]  # calibrated
 print({rule})
+if outputs.ood_score is not None and float(outputs.ood_score[0]) > model.config.ood_threshold:
+    print("outside the training distribution: the prediction is not meaningful")
 ```
 
-The threshold is also in this card's metadata (`decision_threshold`).
+The decision rule lives in `config.json` (`temperature`, `decision_threshold`, `ood_threshold`); this card reports
+it but is not read at inference time.
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
@@ -675,4 +828,5 @@ __all__ = [
     "write_comparison",
     "write_predictions",
     "write_report",
+    "write_source_reports",
 ]

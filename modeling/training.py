@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import softmax
 from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -30,12 +31,20 @@ from transformers import (
     TrainingArguments,
 )
 
+from .calibration import Calibration, fit_calibration
 from .configuration_asff_resnet import FUSION_MODES, AsffResNetConfig
-from .data import PreparedData, build_dataset_dict, build_transforms, collate_fn, make_transform_fn
-from .image_processing import build_image_processor
+from .data import (
+    PreparedData,
+    build_dataset_dict,
+    collate_fn,
+    make_transform_fn,
+    transforms_for_processor,
+)
+from .decision import calibrated_probabilities, decision_threshold, temperature
+from .image_processing import build_image_processor, processor_settings, with_preprocessing
 from .metrics import compute_classification_metrics
-from .model_card import read_model_card
 from .modeling_asff_resnet import AsffResNetForImageClassification
+from .pipeline_asff_resnet import add_pipeline_to
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,14 @@ class ModelArguments:
         "help": "a timm backbone instead of ResNet-50 (transformers' TimmBackbone), e.g. tf_efficientnet_lite0; "
                 "its last two feature stages are fused"})
     image_size: int | None = field(default=None, metadata={"help": "input resolution (default: the config's)"})
+    color_constancy: bool | None = field(default=None, metadata={
+        "help": "Shades-of-Gray colour constancy (p = 6) as the first step of the saved image processor, so that "
+                "training, evaluation, the app and pipeline() all apply it (default: off; when fine-tuning, the "
+                "checkpoint's own setting)"})
+    resize_mode: str | None = field(default=None, metadata={
+        "choices": ["crop", "squash"],
+        "help": "how non-square images become the square input (saved in the image processor): crop (shortest "
+                "edge + centre crop, the default) or squash (the whole image resized, aspect not kept)"})
     classifier_dropout: float | None = field(default=None, metadata={"help": "dropout before the last layer"})
     class_weighting: str = field(default="none", metadata={"help": "'none' or 'balanced' cross-entropy weights"})
     threshold_method: str = field(default="youden", metadata={
@@ -88,8 +105,10 @@ class ModelArguments:
 class DataArguments:
     """Where the images come from and how they are split and augmented."""
 
-    dataset: str | None = field(default=None, metadata={
-        "help": "image folder (<split>/<label>/* or <label>/*) or a Hub dataset id"})
+    dataset: list[str] | None = field(default=None, metadata={
+        "help": "one or more sources: image folders (<split>/<label>/* or <label>/*) or Hub dataset ids, e.g. "
+                "--dataset ../shared/data/isic2020-part ../shared/data/isic2019-part. Each keeps its own test split; "
+                "validation is carved per source; reports are per source and pooled"})
     image_column_name: str = field(default="image", metadata={"help": "Hub datasets: the image column"})
     label_column_name: str = field(default="label", metadata={"help": "Hub datasets: the label column"})
     validation_fraction: float = field(default=0.15, metadata={"help": "stratified share of train for validation"})
@@ -99,6 +118,10 @@ class DataArguments:
         "help": "drop train images that duplicate validation/test images (exact or near), and exact copies"})
     near_duplicate_distance: int = field(default=2, metadata={"help": "perceptual-hash distance for 'near'"})
     augmentation_strength: float = field(default=1.0, metadata={"help": "0 = none, 1 = default, up to 2"})
+    augmentation: str = field(default="standard", metadata={
+        "choices": ["standard", "dermoscopy"],
+        "help": "standard (crop, flips, rotation, colour jitter) or dermoscopy (also a wider scale/aspect range, "
+                "hue, Gaussian blur, a dark dermoscope frame/vignette and hair-like lines)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "truncate train (debugging)"})
     save_dataset_to: str | None = field(default=None, metadata={"help": "save the prepared DatasetDict here"})
     push_dataset_to_hub: str | None = field(default=None, metadata={"help": "push the prepared DatasetDict"})
@@ -119,7 +142,7 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
             model_args.model_name_or_path, trust_remote_code=True, id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=not same_labels)
         processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-        return model, processor
+        return model, with_preprocessing(processor, model_args.color_constancy, model_args.resize_mode)
     normalisation = {}
     if name in FUSION_MODES:
         from .backbones import pretrained_backbone_defaults
@@ -153,7 +176,8 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
 
         model = build_baseline(name, num_labels=len(labels), id2label=id2label,
                                image_size=model_args.image_size or 224)
-    return model, build_image_processor(model.config.image_size, **normalisation)
+    return model, build_image_processor(model.config.image_size, color_constancy=bool(model_args.color_constancy),
+                                        resize_mode=model_args.resize_mode or "crop", **normalisation)
 
 
 def _image_size(processor) -> int:
@@ -161,12 +185,12 @@ def _image_size(processor) -> int:
     return size.get("shortest_edge") or size.get("height")
 
 
-def attach_transforms(prepared: PreparedData, processor, strength: float) -> None:
-    """train: augmentation; validation/test: the processor's resize + crop; both normalised like the processor."""
-    size = _image_size(processor)
+def attach_transforms(prepared: PreparedData, processor, strength: float, augmentation: str = "standard") -> None:
+    """train: the processor's colour constancy, then augmentation; validation/test: exactly the processor's steps
+    (colour constancy, resize); both normalised like the processor."""
     for name, split in prepared.dataset.items():
-        transform = build_transforms(size, processor.image_mean, processor.image_std, train=name == "train",
-                                     strength=strength)
+        transform = transforms_for_processor(processor, train=name == "train", strength=strength,
+                                             augmentation=augmentation)
         split.set_transform(make_transform_fn(transform))
 
 
@@ -193,16 +217,48 @@ def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def predict_probs(trainer: Trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and labels for a split, without computing metrics (they are computed once, in the
-    report, from these probabilities)."""
+def predict_logits(trainer: Trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits and labels for a split, without computing metrics (they are computed once, in the report)."""
     compute, trainer.compute_metrics = trainer.compute_metrics, None
     try:
         output = trainer.predict(dataset)
     finally:
         trainer.compute_metrics = compute
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return softmax(logits, axis=-1), np.asarray(output.label_ids)
+    return np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
+
+
+def predict_probs(trainer: Trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated class probabilities (the model config's temperature) and labels for a split."""
+    logits, labels = predict_logits(trainer, dataset)
+    return calibrated_probabilities(logits, temperature(trainer.model.config)).numpy(), labels
+
+
+def calibration_summary(config, calibration: Calibration | None) -> dict:
+    """What the run settings and the model card record of the calibration and the OOD detector."""
+    if calibration is None:
+        return {"temperature": None, "ood_method": None}
+    return {"temperature": round(calibration.temperature, 4), "ood_method": getattr(config, "ood_method", None),
+            "ood_threshold": calibration.ood_threshold, "ood_pass_rate": getattr(config, "ood_pass_rate", None)}
+
+
+def eval_batches(dataset, processor, batch_size: int) -> DataLoader:
+    """A split with the eval transform (no augmentation, whatever transform it carries), batched for inference."""
+    transform = transforms_for_processor(processor, train=False)
+    return DataLoader(dataset.with_transform(make_transform_fn(transform)), batch_size=batch_size,
+                      collate_fn=collate_fn)
+
+
+def calibrate(trainer: Trainer, prepared: PreparedData, processor, fit_ood: bool = True) -> Calibration | None:
+    """After training: the temperature on validation and (ASFF-ResNets) the OOD statistics on train with their
+    threshold on validation, written into the model's config and buffers. None without a validation split."""
+    if "validation" not in prepared.dataset:
+        return None
+    size = trainer.args.per_device_eval_batch_size
+    train = None
+    if fit_ood and "train" in prepared.dataset:
+        train = eval_batches(prepared.dataset["train"], processor, size)
+    return fit_calibration(trainer.model, train, eval_batches(prepared.dataset["validation"], processor, size))
 
 
 def command_line() -> str:
@@ -219,6 +275,7 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Tra
         "seed": args.seed, "augmentation_strength": data_args.augmentation_strength,
         "class_weighting": model_args.class_weighting, "validation_fraction": data_args.validation_fraction,
         "split_seed": data_args.split_seed, "drop_duplicates": data_args.drop_duplicates,
+        "dataset": list(prepared.source_roots.values()) or data_args.dataset, "augmentation": data_args.augmentation,
         "init": model_args.model_name_or_path or model_args.pretrained_backbone or "random (from scratch)",
         "split_sizes": {k: len(v) for k, v in prepared.dataset.items()},
         "metric_for_best_model": args.metric_for_best_model, "threshold_method": model_args.threshold_method,
@@ -282,16 +339,51 @@ def hardware() -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def sample_ids(dataset, root: str | None) -> list[str] | None:
-    """Image paths relative to the dataset folder (stable across machines), for the saved predictions."""
+def sample_ids(dataset, root) -> list[str] | None:
+    """Image paths relative to the dataset folder (stable across machines), for the saved predictions. `root`: the
+    folder (or Hub id), or {source name: folder} (`PreparedData.source_roots`); with several sources each id starts
+    with its source's name."""
     if "path" not in dataset.column_names:
         return None
-    paths = dataset.with_format(None)["path"]
+    plain = dataset.with_format(None)
+    paths = plain["path"]
+    if isinstance(root, dict) and len(root) > 1 and "source" in plain.column_names:
+        return [f"{name}/{_relative(path, root.get(name))}" for path, name in zip(paths, plain["source"], strict=True)]
+    if isinstance(root, dict):
+        root = next(iter(root.values()), None)
+    elif root is not None and not isinstance(root, str | Path):  # a list of sources as given to --dataset
+        root = root[0] if len(root) == 1 else None
+    return [_relative(path, root) for path in paths]
+
+
+def _relative(path: str, root: str | None) -> str:
     if root and Path(root).is_dir():
-        base = Path(root).resolve()
-        return [Path(path).resolve().relative_to(base).as_posix() if Path(path).resolve().is_relative_to(base)
-                else path for path in paths]
-    return paths
+        base, resolved = Path(root).resolve(), Path(path).resolve()
+        return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else path
+    return path
+
+
+def source_reports(report_dir: Path, prepared: PreparedData, split: str, labels, probs, uncalibrated,
+                   threshold: float, threshold_source: str, title: str) -> dict[str, dict] | None:
+    """With several sources: a report per source for one split (`report_dir/sources/<source>/`) and one ROC figure
+    with a curve per source (`write_source_reports`); None for a single source."""
+    if len(prepared.sources) < 2:
+        return None
+    from .report import write_source_reports
+
+    part = prepared.dataset[split]
+    return write_source_reports(report_dir, labels, probs, prepared.labels, part.with_format(None)["source"],
+                                threshold=threshold, threshold_source=threshold_source, title=title,
+                                sample_ids=sample_ids(part, prepared.source_roots), uncalibrated_probs=uncalibrated)
+
+
+def _by_source(**splits: dict[str, dict] | None) -> dict[str, dict] | None:
+    """{source: {split: summary}} from {split: {source: summary}}."""
+    found = {split: summaries for split, summaries in splits.items() if summaries}
+    if not found:
+        return None
+    names = list(dict.fromkeys(name for summaries in found.values() for name in summaries))
+    return {name: {split: summaries.get(name) for split, summaries in found.items()} for name in names}
 
 
 def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
@@ -299,9 +391,11 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     """Trains one model, selects the best checkpoint on validation, evaluates on test once, and writes the model,
     processor, code, report and model card into `args.output_dir`."""
     model, processor = build_model(model_args, prepared.labels, name)
+    if getattr(model, "ood_scorer", None) is not None:  # a fine-tuned model's statistics are refitted after training
+        model.ood_scorer, model.config.ood_method, model.config.ood_threshold = None, None, None
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    attach_transforms(prepared, processor, data_args.augmentation_strength)
+    attach_transforms(prepared, processor, data_args.augmentation_strength, data_args.augmentation)
     train = prepared.dataset["train"]
     if data_args.max_train_samples:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
@@ -325,9 +419,16 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     # Every process takes part in prediction and saving (collective under DDP); the main one writes the rest.
-    validation = validation_predictions(trainer, prepared)
+    # Calibration, OOD statistics and the decision threshold come from train/validation only, never from test.
+    calibration = calibrate(trainer, prepared, processor)
+    validation = None
+    if calibration is not None:
+        validation = (calibrated_probabilities(calibration.validation.logits, calibration.temperature).numpy(),
+                      calibration.validation.labels)
     threshold, source = choose_validation_threshold(validation, model_args.threshold_method)
-    test_probs, test_labels = predict_probs(trainer, prepared.dataset["test"])  # the one test evaluation
+    trainer.model.config.decision_threshold = threshold
+    test_logits, test_labels = predict_logits(trainer, prepared.dataset["test"])  # the one test evaluation
+    test_probs = calibrated_probabilities(test_logits, temperature(trainer.model.config)).numpy()
     output_dir = Path(args.output_dir)
     staging = output_dir / ".staging"
     if trainer.is_world_process_zero():
@@ -337,16 +438,25 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         return None
     from .report import build_model_card, write_report
 
+    add_pipeline_to(staging)  # pipeline("image-classification") with the config's decision rule
+
     trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the log history: learning curves
-    validation_summary = None
+    validation_summary = validation_sources = None
     if validation is not None:
         validation_summary = write_report(
             staging / "report" / "validation", validation[1], validation[0], prepared.labels, threshold=threshold,
-            threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (validation split)",
-            sample_ids=sample_ids(prepared.dataset["validation"], data_args.dataset))
+            uncalibrated_probs=softmax(calibration.validation.logits, axis=-1),
+            threshold_source=source, title=f"{name} on {' + '.join(prepared.sources)} (validation split)",
+            sample_ids=sample_ids(prepared.dataset["validation"], prepared.source_roots))
+        validation_sources = source_reports(
+            staging / "report" / "validation", prepared, "validation", validation[1], validation[0],
+            softmax(calibration.validation.logits, axis=-1), threshold, source, f"{name} (validation split)")
     summary = write_report(staging / "report", test_labels, test_probs, prepared.labels, threshold=threshold,
-                           threshold_source=source, title=f"{name} on {Path(data_args.dataset).name} (test split)",
-                           sample_ids=sample_ids(prepared.dataset["test"], data_args.dataset))
+                           uncalibrated_probs=softmax(test_logits, axis=-1),
+                           threshold_source=source, title=f"{name} on {' + '.join(prepared.sources)} (test split)",
+                           sample_ids=sample_ids(prepared.dataset["test"], prepared.source_roots))
+    test_sources = source_reports(staging / "report", prepared, "test", test_labels, test_probs,
+                                  softmax(test_logits, axis=-1), threshold, source, f"{name} (test split)")
     settings = run_settings(model_args, data_args, args, name, prepared)
     settings.update(image_size=getattr(model.config, "image_size", model_args.image_size),
                     train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
@@ -355,12 +465,19 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
                     hardware=hardware())
     if any(isinstance(c, TimeBudgetCallback) and c.stopped for c in callbacks):
         settings["stopped_by_time_budget_min"] = model_args.max_train_minutes
+    settings.update(calibration_summary(trainer.model.config, calibration))
+    preprocessing = processor_settings(processor)
+    settings.update(color_constancy=preprocessing["color_constancy_power"], resize_mode=preprocessing["resize_mode"])
     metrics = {"model": name, "test": summary, "validation": validation_summary,
-               "train": result.metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary")}
+               "train": result.metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary"),
+               "datasets": prepared.source_roots,
+               "sources": _by_source(test=test_sources, validation=validation_sources)}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     card = build_model_card(
         model_name=output_dir.name, summary=summary, settings=settings, command=command_line(),
-        dataset=str(data_args.dataset), label_names=prepared.labels, decision_threshold=threshold,
+        dataset=list(prepared.source_roots.values()) if len(prepared.sources) > 1 else prepared.source_roots.get(
+            prepared.sources[0], str(data_args.dataset)),
+        label_names=prepared.labels, decision_threshold=threshold,
         base_model=model_args.model_name_or_path, validation_summary=validation_summary)
     card.save(staging / "README.md")
     _publish(staging, output_dir)
@@ -382,14 +499,13 @@ def push_folder(folder: Path, repo_id: str, token: str | None = None, private: b
 
 def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     """Evaluates a saved model on the test split of a folder (or on all of it when it has no splits), at the
-    threshold its model card records (else 0.5)."""
+    threshold and temperature its config records."""
     if not model_args.model_name_or_path:
         raise UsageError("--do_eval_only needs --model_name_or_path")
     model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-    prepared = build_dataset_dict(data_args.dataset, validation_fraction=0.0)
-    if "test" not in prepared.dataset:  # a folder without splits: evaluate on all of it
-        prepared.dataset = type(prepared.dataset)({"test": prepared.dataset["train"]})
+    # Each source's test split, or all of a source without one.
+    prepared = build_dataset_dict(data_args.dataset, validation_fraction=0.0, evaluation_only=True)
     model_labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
     if set(prepared.labels) != set(model_labels):
         raise UsageError(f"the data's labels {prepared.labels} do not match the model's {model_labels}")
@@ -397,10 +513,9 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
         prepared.dataset = prepared.dataset.cast_column("label", type(prepared.dataset["test"].features["label"])(
             names=model_labels))
     prepared.labels = model_labels
-    threshold, source = 0.5, "default"
-    recorded = read_model_card(model_args.model_name_or_path)[1].get("decision_threshold")
-    if recorded is not None and len(model_labels) == 2:  # a threshold on p(class 1) only means something binary
-        threshold, source = float(recorded), "model card"
+    # The decision rule's one home is the config (a threshold on p(class 1) only means something binary).
+    binary = len(model_labels) == 2
+    threshold, source = (decision_threshold(model.config), "model config") if binary else (0.5, "default")
     attach_transforms(prepared, processor, strength=0.0)
     trainer = Trainer(model=model, args=replace(args, eval_strategy="no", load_best_model_at_end=False),
                       data_collator=collate_fn, processing_class=processor)
@@ -409,12 +524,17 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     shutil.rmtree(staging, ignore_errors=True)
     from .report import write_report
 
-    probs, labels = predict_probs(trainer, prepared.dataset["test"])
-    title = f"{Path(model_args.model_name_or_path).name} on {Path(data_args.dataset).name}"
+    logits, labels = predict_logits(trainer, prepared.dataset["test"])
+    probs = calibrated_probabilities(logits, temperature(model.config)).numpy()
+    title = f"{Path(model_args.model_name_or_path).name} on {' + '.join(prepared.sources)}"
     summary = write_report(staging / "report", labels, probs, prepared.labels, threshold=threshold,
+                           uncalibrated_probs=softmax(logits, axis=-1),
                            threshold_source=source, title=title,
-                           sample_ids=sample_ids(prepared.dataset["test"], data_args.dataset))
-    metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary}
+                           sample_ids=sample_ids(prepared.dataset["test"], prepared.source_roots))
+    test_sources = source_reports(staging / "report", prepared, "test", labels, probs, softmax(logits, axis=-1),
+                                  threshold, source, title)
+    metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary,
+               "datasets": prepared.source_roots, "sources": _by_source(test=test_sources)}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _publish(staging, out)
     return metrics
@@ -431,6 +551,9 @@ def prepare_data(data_args: DataArguments, seed: int) -> PreparedData:
     logger.info("data: %s, labels %s, duplicates %s, %d unreadable file(s) skipped",
                 {k: len(v) for k, v in prepared.dataset.items()}, prepared.labels,
                 prepared.duplicates.get("summary"), len(prepared.skipped))
+    if len(prepared.sources) > 1:
+        logger.info("per source: %s", {split: {name: len(rows) for name, rows in prepared.source_indices(split).items()}
+                                       for split in prepared.dataset})
     return prepared
 
 

@@ -14,6 +14,7 @@ import pytest
 from helpers import ROOT, TINY_TRAIN_ARGS, make_image_folder, offline_env, tiny_config
 from huggingface_hub import ModelCard
 
+import modeling.calibration as calibration
 import modeling.training as training
 from modeling.compare import main as compare_main
 from train_hf import parse_args
@@ -69,18 +70,24 @@ def test_saved_model_loads_with_remote_code_in_a_fresh_process(trained, tmp_path
 
 
 def test_test_split_is_evaluated_exactly_once(image_folder, tiny_config_dir, tmp_path, monkeypatch):
-    seen = []
-    original = training.predict_probs
+    seen, fitted = [], []
+    original, original_collect = training.predict_logits, calibration.collect_features
 
     def counting(trainer, dataset):
         seen.append(len(dataset))
         return original(trainer, dataset)
 
-    monkeypatch.setattr(training, "predict_probs", counting)
+    def collecting(model, batches, desc="features"):
+        fitted.append(len(batches.dataset))
+        return original_collect(model, batches, desc)
+
+    monkeypatch.setattr(training, "predict_logits", counting)
+    monkeypatch.setattr(calibration, "collect_features", collecting)
     args = parse_args(["--dataset", str(image_folder), "--config_name", str(tiny_config_dir), "--output_dir",
                        str(tmp_path), "--num_train_epochs", "1", "--validation_fraction", "0.25", *TINY])
     result = training.main(*args)
-    assert seen.count(12) == 1 and seen.count(8) == 1  # test once, validation once (threshold)
+    assert seen == [12]  # the test split once, and only it through the Trainer's prediction
+    assert sorted(fitted) == [8, 24]  # calibration, threshold, OOD: validation and train, never test
     checkpoint = Path(result["channel"]["settings"]["best_checkpoint"])  # the run's own, whatever its step
     assert checkpoint.parent == tmp_path and (checkpoint / "trainer_state.json").is_file()
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]  # the whole run's
@@ -205,8 +212,10 @@ def test_half_precision_export_loads_as_float32(trained, tmp_path):
 
     out = export_half_precision(trained, tmp_path / "release")
     with safe_open(out / "model.safetensors", "pt") as weights:
-        floating = {weights.get_tensor(k).dtype for k in weights.keys()} - {torch.int64}  # BN step counters
-        assert floating == {torch.float16}
+        dtypes = {k: weights.get_tensor(k).dtype for k in weights.keys()}
+    floating = {d for k, d in dtypes.items() if not k.startswith("ood_scorer.")} - {torch.int64}  # BN counters
+    assert floating == {torch.float16}
+    assert {d for k, d in dtypes.items() if k.startswith("ood_scorer.")} == {torch.float32}  # fitted by training
     release = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
     original = AutoModelForImageClassification.from_pretrained(trained, trust_remote_code=True).eval()
     assert next(release.parameters()).dtype == torch.float32
