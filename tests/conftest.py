@@ -3,8 +3,9 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import REAL_DATA, TINY_IMAGE_SIZE, make_image_folder, tiny_config
+from helpers import REAL_DATA, TINY_IMAGE_SIZE, lesion_image, make_image_folder, tiny_config
 
 from modeling import AsffResNetForImageClassification
 from modeling.image_processing import build_image_processor
@@ -32,6 +33,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     build_image_processor(TINY_IMAGE_SIZE).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def loaded(tmp_path_factory):
+    """{fusion_mode: (model, processor, info)} for tiny saved models of every mode, loaded for inference."""
+    from app_fixtures import save_tiny_model
+
+    from modeling.inference import load_classifier
+
+    root = tmp_path_factory.mktemp("inference_models")
+    return {mode: load_classifier(save_tiny_model(root / mode, mode)) for mode in ("channel", "spatial", "none")}
+
+
+@pytest.fixture(scope="module")
+def image():
+    """One generated malignant-rule lesion image, 48 px."""
+    return lesion_image(1, np.random.default_rng(3), size=48)
 
 
 @pytest.fixture(scope="session")

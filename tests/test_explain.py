@@ -6,8 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from app_fixtures import save_tiny_model
-from helpers import TINY_IMAGE_SIZE, lesion_image
+from helpers import TINY_IMAGE_SIZE
 from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -17,19 +16,6 @@ from modeling.image_processing import build_image_processor
 from modeling.image_utils import ImageLoadError
 from modeling.inference import LogitsOnly, load_classifier, pixel_values, predict
 from modeling.plots import MIN_OVERLAY_SIDE, cam_overlay, fusion_figure, fusion_message, with_colour_scale
-
-
-@pytest.fixture(scope="session")
-def loaded(tmp_path_factory):
-    """{fusion_mode: (model, processor, info)} for tiny saved models of every mode."""
-    root = tmp_path_factory.mktemp("explain_models")
-    return {mode: load_classifier(save_tiny_model(root / mode, mode)) for mode in ("channel", "spatial", "none")}
-
-
-@pytest.fixture(scope="module")
-def image():
-    return lesion_image(1, np.random.default_rng(3), size=48)
-
 
 # --------------------------------------------------------------------------- Grad-CAM and fusion
 

@@ -20,18 +20,6 @@ from modeling.predict import main as predict_cli
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
-@pytest.fixture(scope="session")
-def loaded(tmp_path_factory):
-    """{fusion_mode: (model, processor, info)} for tiny saved models of every mode."""
-    root = tmp_path_factory.mktemp("explain_models")
-    return {mode: load_classifier(save_tiny_model(root / mode, mode)) for mode in ("channel", "spatial", "none")}
-
-
-@pytest.fixture(scope="module")
-def image():
-    return lesion_image(1, np.random.default_rng(3), size=48)
-
-
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     return write_bad_inputs(tmp_path_factory.mktemp("bad"))
