@@ -181,7 +181,7 @@ def calibrate_saved_model(model_dir: str | Path, dataset: str, output_dir: str |
 
     from .data import build_dataset_dict
     from .decision import calibrated_probabilities
-    from .report import choose_threshold, expected_calibration_error
+    from .metrics.statistics import choose_threshold, expected_calibration_error
 
     model_dir = Path(model_dir)
     output_dir = Path(output_dir) if output_dir else model_dir

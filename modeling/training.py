@@ -303,7 +303,7 @@ def validation_predictions(trainer: Trainer, prepared: PreparedData) -> tuple[np
 
 def choose_validation_threshold(validation: tuple[np.ndarray, np.ndarray] | None, method: str) -> tuple[float, str]:
     """The decision threshold, chosen on validation only (never on test)."""
-    from .report import choose_threshold
+    from .metrics.statistics import choose_threshold
 
     if validation is None or method == "fixed" or validation[0].shape[1] != 2:
         return 0.5, "default"

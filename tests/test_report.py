@@ -11,19 +11,15 @@ from huggingface_hub import ModelCard
 from sklearn.calibration import calibration_curve
 
 from modeling.metrics import compute_classification_metrics
-from modeling.report import (
+from modeling.metrics.statistics import (
     _as_arrays,
     _batched_metrics,
     bootstrap_ci,
-    build_model_card,
     choose_threshold,
-    comparison_table,
     expected_calibration_error,
     paired_bootstrap,
-    read_predictions,
-    write_comparison,
-    write_report,
 )
+from modeling.report import build_model_card, comparison_table, read_predictions, write_comparison, write_report
 
 LABEL_NAMES = ["benign", "malignant"]
 

@@ -1,10 +1,20 @@
-"""The project's metrics: one `evaluate` module (`binary_classification.py`), loaded from its file, offline."""
+"""The project's metrics: one `evaluate` module (`binary_classification.py`), loaded from its file, offline; the
+statistics around them (threshold choice, calibration error, bootstrap intervals) are in `statistics.py`.
+
+`evaluate` (seconds to import) is imported when the module is first loaded, not with this package: the app imports
+`statistics.py` (through `plots.py`) and never computes these metrics.
+"""
+
+from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import evaluate
 import numpy as np
+
+if TYPE_CHECKING:
+    import evaluate
 
 METRIC_PATH = str(Path(__file__).with_name("binary_classification.py"))
 
@@ -12,6 +22,8 @@ METRIC_PATH = str(Path(__file__).with_name("binary_classification.py"))
 @cache
 def load_metric() -> evaluate.EvaluationModule:
     """The evaluate module, loaded once per process. In memory: no cache files, no lock clashes between processes."""
+    import evaluate
+
     return evaluate.load(METRIC_PATH, keep_in_memory=True)
 
 
