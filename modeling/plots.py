@@ -1,13 +1,22 @@
-"""Figures for people: the fusion-weight views and the Grad-CAM overlay with its colour scale. Built with
-matplotlib's object API (no pyplot), so they are safe in server threads; sized to stay readable at phone width."""
+"""Figures for people: the fusion-weight views and the Grad-CAM overlay with its colour scale, and the evaluation
+report's figures (ROC, precision-recall, confusion, reliability, ROC per source). Built with matplotlib's object API
+(no pyplot), so they are safe in server threads; sized to stay readable at phone width."""
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, roc_curve
+
+from .metrics.statistics import ECE_BINS, calibration_inputs
 
 MIN_OVERLAY_SIDE = 224
 COLORBAR_HEIGHT = 14
@@ -101,4 +110,110 @@ def with_colour_scale(overlay: np.ndarray, low: str = "low", high: str = "high")
     return np.concatenate([overlay, bar, np.asarray(labels)], axis=0)
 
 
-__all__ = ["cam_overlay", "fusion_figure", "fusion_message", "with_colour_scale"]
+# The evaluation report's figures (`report.write_report`, `report.write_source_reports`): PNG files beside report.md.
+
+
+def _new_axes(size: tuple[float, float] = (5, 5)):
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)  # Agg, without touching pyplot's global backend
+    return figure, figure.add_subplot()
+
+
+def _save(figure: Figure, out_dir: Path, name: str, figures: list[str]) -> None:
+    figure.savefig(out_dir / name, dpi=120)
+    figures.append(name)
+
+
+def _title_suffix(title: str) -> str:
+    """A second title line with the report's title, shortened: the figures are 5 in wide."""
+    return "\n" + textwrap.shorten(title, width=60, placeholder="…") if title else ""
+
+
+def report_figures(out_dir: Path, labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float,
+                   metrics: dict[str, float], title: str, uncalibrated: np.ndarray | None = None) -> list[str]:
+    """The report's figures in `out_dir`, their file names returned: ROC and precision-recall (one-vs-rest; for two
+    classes p(class 1) with the operating point at `threshold`), the confusion matrix at `threshold` (argmax for more
+    classes) and the reliability diagram (with `uncalibrated`, the same model before temperature scaling too).
+    `metrics` holds the point metrics and `ece` (and `ece_uncalibrated`) for the labels; `title` goes under each."""
+    figures: list[str] = []
+    num_classes = probs.shape[1]
+    suffix = _title_suffix(title)
+    # One-vs-rest curves: for two classes only the positive class; classes without positives and negatives skipped.
+    curves = [1] if num_classes == 2 else list(range(num_classes))
+    curves = [k for k in curves if 0 < (labels == k).sum() < len(labels)]
+    if curves:
+        for name, display in (("roc.png", RocCurveDisplay), ("pr.png", PrecisionRecallDisplay)):
+            figure, ax = _new_axes()
+            for k in curves:
+                # One chance line: the diagonal for ROC; for PR it is the prevalence, so per class, only for binary.
+                chance = k == curves[-1] and (name == "roc.png" or num_classes == 2)
+                display.from_predictions(labels == k, probs[:, k], pos_label=True, name=label_names[k], ax=ax,
+                                         plot_chance_level=chance)
+            if num_classes == 2:  # the operating point at the decision threshold
+                point = ((1 - metrics["specificity"], metrics["recall"]) if name == "roc.png"
+                         else (metrics["recall"], metrics["precision"]))
+                ax.plot(*point, "ko", label=f"threshold {threshold:.3g}")
+                ax.legend(loc="lower right" if name == "roc.png" else "best")
+            if name == "roc.png":
+                ax.set(title="ROC" + suffix, xlabel="false positive rate (1 - specificity)",
+                       ylabel="true positive rate (sensitivity)")
+            else:
+                ax.set(title="Precision-recall" + suffix, xlabel="recall (sensitivity)", ylabel="precision")
+            _save(figure, out_dir, name, figures)
+
+    predicted = (probs[:, 1] >= threshold).astype(np.int64) if num_classes == 2 else probs.argmax(1)
+    figure, ax = _new_axes()
+    ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=list(range(num_classes)),
+                                            display_labels=label_names, ax=ax, colorbar=False)
+    ax.set_title((f"Confusion at threshold {threshold:.3g}" if num_classes == 2 else "Confusion (argmax)") + suffix)
+    _save(figure, out_dir, "confusion.png", figures)
+
+    confidence, outcome = calibration_inputs(labels, probs)
+    prob_true, prob_pred = calibration_curve(outcome, confidence, n_bins=ECE_BINS)
+    figure, ax = _new_axes()
+    ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+    if uncalibrated is not None:  # before temperature scaling, for comparison
+        before_true, before_pred = calibration_curve(*calibration_inputs(labels, uncalibrated)[::-1], n_bins=ECE_BINS)
+        ax.plot(before_pred, before_true, "s--", color="tab:grey",
+                label=f"before calibration (ECE {metrics['ece_uncalibrated']:.3f})")
+    ax.plot(prob_pred, prob_true, "o-", label="model" if uncalibrated is None else "calibrated")
+    counts = ax.twinx()
+    counts.hist(confidence, bins=ECE_BINS, range=(0, 1), alpha=0.2, color="grey")
+    counts.set_ylabel("images")
+    what = f"p({label_names[1]})" if num_classes == 2 else "top-class probability"
+    ax.set(xlabel=f"mean {what}", ylabel="observed frequency" if num_classes == 2 else "accuracy",
+           xlim=(0, 1), ylim=(0, 1), title=f"Reliability (ECE {metrics['ece']:.3f}){suffix}")
+    ax.legend(loc="upper left")
+    _save(figure, out_dir, "reliability.png", figures)
+    return figures
+
+
+def roc_by_source_figure(out_dir: Path, labels: np.ndarray, probs: np.ndarray, sources: np.ndarray, names: list[str],
+                         label_names: list[str], title: str) -> str | None:
+    """`roc_by_source.png`: one ROC curve per source in `names` (`sources[i]` names row i) and the pooled one, for
+    p(class 1); returns the file name, or None for more than two classes or when no source has both classes."""
+    if probs.shape[1] != 2:
+        return None
+    figure, ax = _new_axes()
+    groups = [(name, sources == name) for name in names] + [("pooled", np.ones(len(labels), dtype=bool))]
+    drawn = 0
+    for name, rows in groups:
+        positive = labels[rows] == 1
+        if 0 < positive.sum() < rows.sum():  # both classes present
+            fpr, tpr, _ = roc_curve(positive, probs[rows, 1])
+            ax.plot(fpr, tpr, "--" if name == "pooled" else "-",
+                    label=f"{name} (n={rows.sum()}, AUC {np.trapezoid(tpr, fpr):.3f})")
+            drawn += 1
+    if not drawn:
+        return None
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    suffix = _title_suffix(title)
+    ax.set(title=f"ROC per source, p({label_names[1]}){suffix}", xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)")
+    ax.legend(loc="lower right", fontsize="small")
+    figure.savefig(out_dir / "roc_by_source.png", dpi=120)
+    return "roc_by_source.png"
+
+
+__all__ = ["cam_overlay", "fusion_figure", "fusion_message", "report_figures", "roc_by_source_figure",
+           "with_colour_scale"]

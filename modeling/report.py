@@ -1,36 +1,26 @@
-"""Evaluation report: figures, report files, comparison tables and the model card. The statistics (threshold,
-calibration error, bootstrap intervals) are in `metrics.statistics`."""
+"""Evaluation report: report files, comparison tables and the model card. The statistics (threshold, calibration
+error, bootstrap intervals) are in `metrics.statistics`, the figures in `plots`."""
 
 import csv
 import json
 import math
 import re
-import textwrap
 from pathlib import Path
 
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    PrecisionRecallDisplay,
-    RocCurveDisplay,
-    confusion_matrix,
-    roc_curve,
-)
+from sklearn.metrics import confusion_matrix
 
 from .metrics import compute_classification_metrics
 from .metrics.statistics import (
     ECE_BINS,
     _as_arrays,
     bootstrap_ci,
-    calibration_inputs,
     expected_calibration_error,
     finite_or_none,
     paired_bootstrap,
 )
+from .plots import report_figures, roc_by_source_figure
 
 PAPER_URL = "https://arxiv.org/abs/2510.03876"
 COMPARISON_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "ece")
@@ -45,72 +35,6 @@ METRIC_NAMES = {
     "ece": "Expected calibration error",
 }
 PREDICTIONS_FILE = "predictions.csv"
-
-
-def _new_axes(size: tuple[float, float] = (5, 5)):
-    figure = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(figure)  # Agg, without touching pyplot's global backend
-    return figure, figure.add_subplot()
-
-
-def _save(figure: Figure, out_dir: Path, name: str, figures: list[str]) -> None:
-    figure.savefig(out_dir / name, dpi=120)
-    figures.append(name)
-
-
-def _plot_figures(out_dir: Path, labels: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float,
-                  metrics: dict[str, float], title: str, uncalibrated: np.ndarray | None = None) -> list[str]:
-    figures: list[str] = []
-    num_classes = probs.shape[1]
-    suffix = "\n" + textwrap.shorten(title, width=60, placeholder="…") if title else ""  # figures are 5 in wide
-    # One-vs-rest curves: for two classes only the positive class; classes without positives and negatives skipped.
-    curves = [1] if num_classes == 2 else list(range(num_classes))
-    curves = [k for k in curves if 0 < (labels == k).sum() < len(labels)]
-    if curves:
-        for name, display in (("roc.png", RocCurveDisplay), ("pr.png", PrecisionRecallDisplay)):
-            figure, ax = _new_axes()
-            for k in curves:
-                # One chance line: the diagonal for ROC; for PR it is the prevalence, so per class, only for binary.
-                chance = k == curves[-1] and (name == "roc.png" or num_classes == 2)
-                display.from_predictions(labels == k, probs[:, k], pos_label=True, name=label_names[k], ax=ax,
-                                         plot_chance_level=chance)
-            if num_classes == 2:  # the operating point at the decision threshold
-                point = ((1 - metrics["specificity"], metrics["recall"]) if name == "roc.png"
-                         else (metrics["recall"], metrics["precision"]))
-                ax.plot(*point, "ko", label=f"threshold {threshold:.3g}")
-                ax.legend(loc="lower right" if name == "roc.png" else "best")
-            if name == "roc.png":
-                ax.set(title="ROC" + suffix, xlabel="false positive rate (1 - specificity)",
-                       ylabel="true positive rate (sensitivity)")
-            else:
-                ax.set(title="Precision-recall" + suffix, xlabel="recall (sensitivity)", ylabel="precision")
-            _save(figure, out_dir, name, figures)
-
-    predicted = (probs[:, 1] >= threshold).astype(np.int64) if num_classes == 2 else probs.argmax(1)
-    figure, ax = _new_axes()
-    ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=list(range(num_classes)),
-                                            display_labels=label_names, ax=ax, colorbar=False)
-    ax.set_title((f"Confusion at threshold {threshold:.3g}" if num_classes == 2 else "Confusion (argmax)") + suffix)
-    _save(figure, out_dir, "confusion.png", figures)
-
-    confidence, outcome = calibration_inputs(labels, probs)
-    prob_true, prob_pred = calibration_curve(outcome, confidence, n_bins=ECE_BINS)
-    figure, ax = _new_axes()
-    ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
-    if uncalibrated is not None:  # before temperature scaling, for comparison
-        before_true, before_pred = calibration_curve(*calibration_inputs(labels, uncalibrated)[::-1], n_bins=ECE_BINS)
-        ax.plot(before_pred, before_true, "s--", color="tab:grey",
-                label=f"before calibration (ECE {metrics['ece_uncalibrated']:.3f})")
-    ax.plot(prob_pred, prob_true, "o-", label="model" if uncalibrated is None else "calibrated")
-    counts = ax.twinx()
-    counts.hist(confidence, bins=ECE_BINS, range=(0, 1), alpha=0.2, color="grey")
-    counts.set_ylabel("images")
-    what = f"p({label_names[1]})" if num_classes == 2 else "top-class probability"
-    ax.set(xlabel=f"mean {what}", ylabel="observed frequency" if num_classes == 2 else "accuracy",
-           xlim=(0, 1), ylim=(0, 1), title=f"Reliability (ECE {metrics['ece']:.3f}){suffix}")
-    ax.legend(loc="upper left")
-    _save(figure, out_dir, "reliability.png", figures)
-    return figures
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -169,8 +93,8 @@ def write_report(
     ece = expected_calibration_error(labels, probs, ECE_BINS)
     ci = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples) if n_resamples > 0 else {}
     ece_before = None if uncalibrated is None else expected_calibration_error(labels, uncalibrated, ECE_BINS)
-    figures = _plot_figures(out_dir, labels, probs, list(label_names), threshold,
-                            {**metrics, "ece": ece, "ece_uncalibrated": ece_before}, title, uncalibrated)
+    figures = report_figures(out_dir, labels, probs, list(label_names), threshold,
+                             {**metrics, "ece": ece, "ece_uncalibrated": ece_before}, title, uncalibrated)
     predicted = (probs[:, 1] >= threshold).astype(np.int64) if probs.shape[1] == 2 else probs.argmax(1)
     summary = finite_or_none(
         {
@@ -243,7 +167,7 @@ def write_source_reports(
             threshold_source=threshold_source, title=f"{title} [{name}]" if title else name,
             n_resamples=n_resamples, sample_ids=None if sample_ids is None else [sample_ids[i] for i in rows],
             uncalibrated_probs=None if uncalibrated_probs is None else np.asarray(uncalibrated_probs)[rows])
-    figure = _roc_by_source(out_dir, labels, probs, sources, names, label_names, title)
+    figure = roc_by_source_figure(out_dir, labels, probs, sources, names, label_names, title)
     header = "| source | n | accuracy | sensitivity | specificity | ROC AUC (95 % CI) | PR AUC | ECE |"
     rows_md = [header, "|---|---|---|---|---|---|---|---|"]
     pooled = json.loads((out_dir / "report.json").read_text()) if (out_dir / "report.json").is_file() else None
@@ -261,33 +185,6 @@ def write_source_reports(
     report_md = out_dir / "report.md"
     report_md.write_text((report_md.read_text() if report_md.is_file() else "") + "\n".join(section))
     return summaries
-
-
-def _roc_by_source(out_dir: Path, labels: np.ndarray, probs: np.ndarray, sources: np.ndarray, names: list[str],
-                   label_names: list[str], title: str) -> str | None:
-    """One ROC curve per source (and pooled) for p(class 1); None for more than two classes."""
-    if probs.shape[1] != 2:
-        return None
-    figure, ax = _new_axes()
-    groups = [(name, sources == name) for name in names] + [("pooled", np.ones(len(labels), dtype=bool))]
-    drawn = 0
-    for name, rows in groups:
-        positive = labels[rows] == 1
-        if 0 < positive.sum() < rows.sum():  # both classes present
-            fpr, tpr, _ = roc_curve(positive, probs[rows, 1])
-            ax.plot(fpr, tpr, "--" if name == "pooled" else "-",
-                    label=f"{name} (n={rows.sum()}, AUC {np.trapezoid(tpr, fpr):.3f})")
-            drawn += 1
-    if not drawn:
-        return None
-    ax.plot([0, 1], [0, 1], "k:", label="chance")
-    suffix = "\n" + textwrap.shorten(title, width=60, placeholder="…") if title else ""
-    ax.set(title=f"ROC per source, p({label_names[1]}){suffix}", xlabel="false positive rate (1 - specificity)",
-           ylabel="true positive rate (sensitivity)")
-    ax.legend(loc="lower right", fontsize="small")
-    figures: list[str] = []
-    _save(figure, out_dir, "roc_by_source.png", figures)
-    return figures[0]
 
 
 def write_predictions(path, labels, probs, label_names: list[str], sample_ids: list[str] | None = None) -> None:
