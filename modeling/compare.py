@@ -1,5 +1,6 @@
 """Compare finished runs on the same test images: one table with each model's metrics and confidence intervals, and
-paired bootstrap differences from the first model (the test of "does the fusion beat plain ResNet-50?").
+paired bootstrap differences from the first model (the test of "does the fusion beat plain ResNet-50?"): the tables
+(`comparison_table`, `paired_table`, `write_comparison`) and the command line.
 
     python -m modeling.compare --output_dir runs/comparison channel=runs/channel none=runs/none spatial=runs/spatial
 
@@ -11,17 +12,91 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .report import PREDICTIONS_FILE, read_predictions, write_comparison
+from .data import DataError
+from .metrics.statistics import finite_or_none, paired_bootstrap
+from .report import COMPARISON_METRICS, PREDICTIONS_FILE, format_interval, format_number, read_predictions
+from .training import UsageError
+
+
+def comparison_table(summaries: dict[str, dict]) -> str:
+    """Markdown table, one row per model: each metric as "value [CI low, CI high]" at the model's own threshold."""
+    header = ["model", "threshold", *COMPARISON_METRICS]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, summary in summaries.items():
+        cells = [model, format_number(summary.get("threshold"))]
+        for name in COMPARISON_METRICS:
+            value = summary.get("ece") if name == "ece" else summary.get("metrics", {}).get(name)
+            ci = summary.get("ci95", {}).get(name)
+            cells.append(format_number(value) + ("" if format_interval(ci) == "–" else " " + format_interval(ci, 2)))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def paired_table(differences: dict[str, dict], reference: str) -> str:
+    """Markdown table of `paired_bootstrap` results, one row per model compared with `reference`."""
+    header = ["model − " + reference, *COMPARISON_METRICS]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, difference in differences.items():
+        cells = [model]
+        for name in COMPARISON_METRICS:
+            entry = difference.get(name)
+            if entry is None or entry["delta"] is None:
+                cells.append("–")
+                continue
+            low, high = entry["ci95"]
+            interval = "" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
+            cells.append(f"{entry['delta']:+.3f}{interval}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_comparison(out_dir, summaries: dict[str, dict],
+                     predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]] | None = None,
+                     n_resamples: int = 2000) -> dict:
+    """Writes `comparison.md` and `comparison.json`: one row per model (`summaries`, from `write_report`) and, when
+    every model's test `predictions` (ids, labels, probabilities) are given, paired bootstrap differences of each
+    model from the first one on the same images. Returns the JSON written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = (f"# Model comparison (test set)\n\n{comparison_table(summaries)}\n\n"
+            "Values at each model's decision threshold, [95 % bootstrap CI].\n")
+    payload = {"models": summaries}
+    if predictions and len(summaries) > 1 and set(predictions) >= set(summaries):
+        reference, *others = list(summaries)
+        ids, labels, probs = predictions[reference]
+        order = {sample: i for i, sample in enumerate(ids)}
+        differences = {}
+        for name in others:
+            other_ids, other_labels, other_probs = predictions[name]
+            if sorted(other_ids) != sorted(ids):
+                raise DataError(f"{name} and {reference} were not evaluated on the same images")
+            index = np.array([order[sample] for sample in other_ids])
+            if not np.array_equal(labels[index], other_labels):
+                raise DataError(f"{name} and {reference} disagree on the labels of the same images")
+            differences[name] = paired_bootstrap(labels[index], other_probs, probs[index],
+                                                 summaries[name]["threshold"], summaries[reference]["threshold"],
+                                                 n_resamples=n_resamples)
+        payload["paired_vs"] = reference
+        payload["paired_differences"] = differences
+        text += (f"\n## Paired differences from `{reference}` (same {len(ids)} images)\n\n"
+                 f"{paired_table(differences, reference)}\n\nEach model at its own threshold; [95 % paired "
+                 f"percentile-bootstrap CI, {n_resamples} resamples of images]. An interval that contains 0 is no "
+                 "measurable difference.\n")
+    (out_dir / "comparison.md").write_text(text)
+    payload = finite_or_none(payload)
+    (out_dir / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
 
 
 def read_run(run_dir) -> tuple[dict, tuple | None]:
     """A run's test summary and, when saved, its test predictions (ids, labels, probabilities)."""
     report = Path(run_dir) / "report"
     if not (report / "report.json").is_file():
-        raise ValueError(f"{run_dir} has no report/report.json: is it a finished run directory?")
+        raise UsageError(f"{run_dir} has no report/report.json: is it a finished run directory?")
     summary = json.loads((report / "report.json").read_text())
     predictions = None
     if (report / PREDICTIONS_FILE).is_file():
@@ -84,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = dict(run.split("=", 1) if "=" in run else (Path(run).name, run) for run in args.runs)
     try:
         compare_runs(args.output_dir, runs, args.n_resamples)
-    except ValueError as error:
+    except (UsageError, DataError) as error:  # not run directories, or runs on different images
         parser.error(str(error))
     print((Path(args.output_dir) / "comparison.md").read_text())
 

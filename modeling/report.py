@@ -1,5 +1,5 @@
-"""Evaluation report: report files, comparison tables and the model card. The statistics (threshold, calibration
-error, bootstrap intervals) are in `metrics.statistics`, the figures in `plots`."""
+"""Evaluation report: report files and the model card. The statistics (threshold, calibration error, bootstrap
+intervals) are in `metrics.statistics`, the figures in `plots`, the comparison tables in `compare`."""
 
 import csv
 import json
@@ -12,14 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from sklearn.metrics import confusion_matrix
 
 from .metrics import compute_classification_metrics
-from .metrics.statistics import (
-    ECE_BINS,
-    _as_arrays,
-    bootstrap_ci,
-    expected_calibration_error,
-    finite_or_none,
-    paired_bootstrap,
-)
+from .metrics.statistics import ECE_BINS, _as_arrays, bootstrap_ci, expected_calibration_error, finite_or_none
 from .plots import report_figures, roc_by_source_figure
 
 PAPER_URL = "https://arxiv.org/abs/2510.03876"
@@ -37,30 +30,33 @@ METRIC_NAMES = {
 PREDICTIONS_FILE = "predictions.csv"
 
 
-def _fmt(value, digits: int = 3) -> str:
+def format_number(value, digits: int = 3) -> str:
+    """A metric in a table: `digits` decimals, "–" when undefined (None or NaN)."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _fmt_ci(ci, digits: int = 3) -> str:
-    return "–" if not ci or None in ci else f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+def format_interval(ci, digits: int = 3) -> str:
+    """A confidence interval in a table: "[low, high]", "–" when missing or undefined."""
+    return "–" if not ci or None in ci else f"[{format_number(ci[0], digits)}, {format_number(ci[1], digits)}]"
 
 
-def _metrics_table(summary: dict) -> str:
+def metrics_table(summary: dict) -> str:
     """metric | value | 95 % CI | value at 0.5, from a report summary."""
     names = [*[k for k in COMPARISON_METRICS if k in summary["metrics"]], "ece"]
     rows = ["| metric | value | 95 % CI | value at 0.5 |", "|---|---|---|---|"]
     for name in names:
         value = summary["ece"] if name == "ece" else summary["metrics"][name]
         at_half = summary["ece"] if name == "ece" else summary["metrics_at_0.5"][name]
-        ci = _fmt_ci(summary["ci95"].get(name))
-        rows.append(f"| {METRIC_NAMES[name]} | {_fmt(value)} | {ci} | {_fmt(at_half)} |")
+        ci = format_interval(summary["ci95"].get(name))
+        rows.append(f"| {METRIC_NAMES[name]} | {format_number(value)} | {ci} | {format_number(at_half)} |")
     if summary.get("ece_uncalibrated") is not None:
-        rows.append(f"| Expected calibration error before temperature scaling | {_fmt(summary['ece_uncalibrated'])} "
-                    "| – | – |")
+        before = format_number(summary["ece_uncalibrated"])
+        rows.append(f"| Expected calibration error before temperature scaling | {before} | – | – |")
     return "\n".join(rows)
 
 
-def _describe_threshold(summary: dict) -> str:
+def describe_threshold(summary: dict) -> str:
+    """The decision threshold of a report summary and where it came from."""
     return f"{summary['threshold']:.4g} (source: {summary['threshold_source']})"
 
 
@@ -118,11 +114,11 @@ def write_report(
     lines = [
         f"# {title or 'Evaluation report'}",
         "",
-        f"n = {summary['n']} ({counts}). Decision threshold {_describe_threshold(summary)}"
+        f"n = {summary['n']} ({counts}). Decision threshold {describe_threshold(summary)}"
         + ("" if probs.shape[1] == 2 else ", unused: argmax over classes")
         + f". 95 % CIs: percentile bootstrap, {n_resamples} resamples.",
         "",
-        _metrics_table(summary),
+        metrics_table(summary),
         "",
         *[f"![{Path(name).stem}]({name})" for name in figures],
     ]
@@ -173,10 +169,10 @@ def write_source_reports(
     pooled = json.loads((out_dir / "report.json").read_text()) if (out_dir / "report.json").is_file() else None
     for name, summary in [*summaries.items(), *([("pooled", pooled)] if pooled else [])]:
         metrics = summary["metrics"]
-        auc = f"{_fmt(metrics.get('roc_auc'))} {_fmt_ci(summary['ci95'].get('roc_auc'))}"
-        rows_md.append(f"| {name} | {summary['n']} | {_fmt(metrics.get('accuracy'))} | {_fmt(metrics.get('recall'))} "
-                       f"| {_fmt(metrics.get('specificity'))} | {auc} | {_fmt(metrics.get('pr_auc'))} "
-                       f"| {_fmt(summary['ece'])} |")
+        auc = f"{format_number(metrics.get('roc_auc'))} {format_interval(summary['ci95'].get('roc_auc'))}"
+        cells = " | ".join(format_number(metrics.get(key)) for key in ("accuracy", "recall", "specificity"))
+        rows_md.append(f"| {name} | {summary['n']} | {cells} | {auc} | {format_number(metrics.get('pr_auc'))} "
+                       f"| {format_number(summary['ece'])} |")
     links = ", ".join(f"[{name}](sources/{source_dir_name(name)}/report.md)" for name in names)
     section = ["", "## Per source", "", f"Threshold {threshold:.4g} for every source. Reports: {links}.", "",
                *rows_md, ""]
@@ -210,76 +206,6 @@ def read_predictions(path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]
     labels = np.array([label_names.index(row[1]) for row in rows[1:]], dtype=np.int64)
     probs = np.array([[float(p) for p in row[2:]] for row in rows[1:]], dtype=np.float32)
     return ids, labels, probs, label_names
-
-
-def comparison_table(summaries: dict[str, dict]) -> str:
-    """Markdown table, one row per model: each metric as "value [CI low, CI high]" at the model's own threshold."""
-    header = ["model", "threshold", *COMPARISON_METRICS]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model, summary in summaries.items():
-        cells = [model, _fmt(summary.get("threshold"))]
-        for name in COMPARISON_METRICS:
-            value = summary.get("ece") if name == "ece" else summary.get("metrics", {}).get(name)
-            ci = summary.get("ci95", {}).get(name)
-            cells.append(_fmt(value) + ("" if _fmt_ci(ci) == "–" else " " + _fmt_ci(ci, 2)))
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def paired_table(differences: dict[str, dict], reference: str) -> str:
-    """Markdown table of `paired_bootstrap` results, one row per model compared with `reference`."""
-    header = ["model − " + reference, *COMPARISON_METRICS]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model, difference in differences.items():
-        cells = [model]
-        for name in COMPARISON_METRICS:
-            entry = difference.get(name)
-            if entry is None or entry["delta"] is None:
-                cells.append("–")
-                continue
-            low, high = entry["ci95"]
-            interval = "" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
-            cells.append(f"{entry['delta']:+.3f}{interval}")
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def write_comparison(out_dir, summaries: dict[str, dict],
-                     predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]] | None = None,
-                     n_resamples: int = 2000) -> dict:
-    """Writes `comparison.md` and `comparison.json`: one row per model (`summaries`, from `write_report`) and, when
-    every model's test `predictions` (ids, labels, probabilities) are given, paired bootstrap differences of each
-    model from the first one on the same images. Returns the JSON written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = (f"# Model comparison (test set)\n\n{comparison_table(summaries)}\n\n"
-            "Values at each model's decision threshold, [95 % bootstrap CI].\n")
-    payload = {"models": summaries}
-    if predictions and len(summaries) > 1 and set(predictions) >= set(summaries):
-        reference, *others = list(summaries)
-        ids, labels, probs = predictions[reference]
-        order = {sample: i for i, sample in enumerate(ids)}
-        differences = {}
-        for name in others:
-            other_ids, other_labels, other_probs = predictions[name]
-            if sorted(other_ids) != sorted(ids):
-                raise ValueError(f"{name} and {reference} were not evaluated on the same images")
-            index = np.array([order[sample] for sample in other_ids])
-            if not np.array_equal(labels[index], other_labels):
-                raise ValueError(f"{name} and {reference} disagree on the labels of the same images")
-            differences[name] = paired_bootstrap(labels[index], other_probs, probs[index],
-                                                 summaries[name]["threshold"], summaries[reference]["threshold"],
-                                                 n_resamples=n_resamples)
-        payload["paired_vs"] = reference
-        payload["paired_differences"] = differences
-        text += (f"\n## Paired differences from `{reference}` (same {len(ids)} images)\n\n"
-                 f"{paired_table(differences, reference)}\n\nEach model at its own threshold; [95 % paired "
-                 f"percentile-bootstrap CI, {n_resamples} resamples of images]. An interval that contains 0 is no "
-                 "measurable difference.\n")
-    (out_dir / "comparison.md").write_text(text)
-    payload = finite_or_none(payload)
-    (out_dir / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
-    return payload
 
 
 def _describe_model(settings: dict, base_model: str | None) -> tuple[str, list[str]]:
@@ -320,19 +246,18 @@ def _dataset_ids(dataset: str | list[str]) -> tuple[list[str] | None, str, str]:
     return None, "imagefolder", Path(dataset).name or dataset
 
 
-def _calibration_text(summary: dict, settings: dict) -> tuple[str, str, str]:
-    """(limitations line on calibration, limitations line on OOD images, the card section) from a test summary and
-    the run settings (`training.calibration_summary`)."""
+def _calibration_text(settings: dict, before: str, after: str) -> tuple[str, str, str]:
+    """(limitations line on calibration, limitations line on OOD images, the card section) from the run settings
+    (`training.calibration_summary`) and the test ECE before and after temperature scaling, formatted."""
     temperature = settings.get("temperature")
-    before = summary.get("ece_uncalibrated")
     if temperature is None:
-        note = f"Probabilities are not calibrated (expected calibration error {_fmt(summary['ece'])} on the test set)."
+        note = f"Probabilities are not calibrated (expected calibration error {after} on the test set)."
         section = "No validation split: neither temperature scaling nor an OOD detector was fitted."
     else:
         note = (f"Probabilities are temperature-scaled on validation (T = {temperature:.3g}); expected calibration "
-                f"error on the test set {_fmt(before)} before, {_fmt(summary['ece'])} after.")
+                f"error on the test set {before} before, {after} after.")
         section = (f"- **Temperature scaling** (Guo et al. 2017), fitted on the validation split: "
-                   f"T = {temperature:.4g} (`config.temperature`). Test ECE {_fmt(before)} → {_fmt(summary['ece'])}; "
+                   f"T = {temperature:.4g} (`config.temperature`). Test ECE {before} → {after}; "
                    "the reliability figure shows both. The decision threshold is on the calibrated probability.")
     threshold = settings.get("ood_threshold")
     if threshold is None:
@@ -409,12 +334,13 @@ def build_model_card(
     validation = ""
     if validation_summary is not None:
         validation = (f"\n### Validation set (n = {validation_summary['n']}), threshold "
-                      f"{_describe_threshold(validation_summary)}\n\n{_metrics_table(validation_summary)}\n")
+                      f"{describe_threshold(validation_summary)}\n\n{metrics_table(validation_summary)}\n")
     scratch = (
         "" if base_model else "- **Trained from scratch**: no pretrained weights were used, so the results are not "
         "comparable to the paper's ImageNet-initialised numbers and are expected to be lower.\n"
     )
-    calibration_note, ood_note, calibration_section = _calibration_text(summary, settings)
+    calibration_note, ood_note, calibration_section = _calibration_text(
+        settings, format_number(summary.get("ece_uncalibrated")), format_number(summary["ece"]))
     body = f"""
 # {model_name}
 
@@ -460,7 +386,7 @@ Out of scope: any clinical or consumer use.
 
 ### Test set (n = {summary['n']})
 
-{_metrics_table(summary)}
+{metrics_table(summary)}
 
 95 % confidence intervals: percentile bootstrap over test images.
 {validation}
@@ -502,3 +428,18 @@ it but is not read at inference time.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
+__all__ = [
+    "COMPARISON_METRICS",
+    "METRIC_NAMES",
+    "PREDICTIONS_FILE",
+    "build_model_card",
+    "describe_threshold",
+    "format_interval",
+    "format_number",
+    "metrics_table",
+    "read_predictions",
+    "source_dir_name",
+    "write_predictions",
+    "write_report",
+    "write_source_reports",
+]

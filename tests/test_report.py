@@ -10,6 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 from sklearn.calibration import calibration_curve
 
+from modeling.compare import comparison_table, write_comparison
 from modeling.metrics import compute_classification_metrics
 from modeling.metrics.statistics import (
     _as_arrays,
@@ -19,7 +20,7 @@ from modeling.metrics.statistics import (
     expected_calibration_error,
     paired_bootstrap,
 )
-from modeling.report import build_model_card, comparison_table, read_predictions, write_comparison, write_report
+from modeling.report import build_model_card, read_predictions, write_report
 
 LABEL_NAMES = ["benign", "malignant"]
 
