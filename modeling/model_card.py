@@ -1,10 +1,19 @@
-"""Reading a saved model's card (README.md in a directory, or on the Hub): its text and metadata, e.g. the
-validation-chosen `decision_threshold` that `report.build_model_card` writes."""
+"""The model card (README.md) of a trained model: writing it (`build_model_card`, from `model_card_template.md` with
+`huggingface_hub.ModelCard.from_template`) and reading it back (`read_model_card`).
 
+The card reports the decision rule (`decision_threshold` in its metadata, the temperature, the OOD threshold) but is
+not read at inference time: the rule lives in the model's config (`modeling.decision`).
+"""
+
+import math
+import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+PAPER_URL = "https://arxiv.org/abs/2510.03876"
+TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 
 
 def read_model_card(source: str | Path) -> tuple[str | None, dict[str, Any]]:
@@ -17,3 +26,147 @@ def read_model_card(source: str | Path) -> tuple[str | None, dict[str, Any]]:
     except Exception:  # no card on the Hub, or offline
         return None, {}
     return card.text, card.data.to_dict()
+
+
+def _describe_model(settings: dict, base_model: str | None) -> tuple[str, list[str]]:
+    """A sentence on the architecture and tags, from the training settings (`architecture` for a torchvision
+    baseline, `fusion_mode` for ASFF-ResNet)."""
+    start = f"initialised from `{base_model}`" if base_model else "trained from scratch (random initialisation)"
+    architecture = settings.get("architecture")
+    if architecture and architecture != "asff_resnet":
+        return (
+            f"A torchvision `{architecture}` classifier, {start}: one of the classic CNN baselines the paper "
+            f"([arXiv:2510.03876]({PAPER_URL})) compares its ASFF-ResNet-50 against.",
+            ["baseline", str(architecture)],
+        )
+    fusion = {
+        "channel": "fused with learned per-channel weights (the paper's published fusion: a softmax weight per "
+        "channel from the pooled features of both levels)",
+        "spatial": "fused with learned per-pixel weights (the original ASFF of Liu et al. 2019)",
+        "none": "not fused: this is the plain ResNet-50 ablation with the same head",
+    }[settings.get("fusion_mode", "channel")]
+    return (
+        f"ASFF-ResNet-50 ([arXiv:2510.03876]({PAPER_URL})), {start}: a ResNet-50 whose stage3 (14×14×1024) and "
+        f"stage4 (7×7×2048, projected and upsampled) feature maps are {fusion}, followed by global average pooling "
+        "and an MLP head.",
+        ["asff", "resnet"],
+    )
+
+
+def _dataset_ids(dataset: str | list[str]) -> tuple[list[str] | None, str, str]:
+    """(metadata `datasets`, dataset_type, dataset_name): a Hub id goes into the metadata; a local folder does not.
+    Several sources: the Hub ids among them, and their names joined with " + "."""
+    if not isinstance(dataset, str):
+        ids = [_dataset_ids(d) for d in dataset]
+        hub = [i for found, _, _ in ids for i in (found or [])]
+        kinds = {kind for _, kind, _ in ids}
+        return hub or None, kinds.pop() if len(kinds) == 1 else "mixed", " + ".join(name for _, _, name in ids)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", dataset) and not Path(dataset).exists():
+        return [dataset], dataset, dataset
+    return None, "imagefolder", Path(dataset).name or dataset
+
+
+def _calibration_text(settings: dict, before: str, after: str) -> tuple[str, str, str]:
+    """(limitations line on calibration, limitations line on OOD images, the card section) from the run settings
+    (`training.calibration_summary`) and the test ECE before and after temperature scaling, formatted."""
+    temperature = settings.get("temperature")
+    if temperature is None:
+        note = f"Probabilities are not calibrated (expected calibration error {after} on the test set)."
+        section = "No validation split: neither temperature scaling nor an OOD detector was fitted."
+    else:
+        note = (f"Probabilities are temperature-scaled on validation (T = {temperature:.3g}); expected calibration "
+                f"error on the test set {before} before, {after} after.")
+        section = (f"- **Temperature scaling** (Guo et al. 2017), fitted on the validation split: "
+                   f"T = {temperature:.4g} (`config.temperature`). Test ECE {before} → {after}; "
+                   "the reliability figure shows both. The decision threshold is on the calibrated probability.")
+    threshold = settings.get("ood_threshold")
+    if threshold is None:
+        ood = "this model has no OOD detector; it classifies anything it is given."
+    else:
+        rate = settings.get("ood_pass_rate") or 0.95
+        ood = ("flagged by a Mahalanobis-distance detector on the pooled features (the warning is a screen, not a "
+               "guarantee: unusual dermoscopy is flagged too, and some non-dermoscopic images pass).")
+        section += ("\n- **Out-of-distribution flag**: Mahalanobis distance of the pooled features to the nearest "
+                    "class mean (shared covariance, Ledoit-Wolf; Lee et al. 2018), fitted on the training images; "
+                    f"images scoring above {threshold:.4g} (`config.ood_threshold`, the {rate:.0%} quantile of "
+                    "validation scores) are flagged as outside the training distribution. The score is computed in "
+                    "the same forward pass (`outputs.ood_score`).")
+    return note, ood, section
+
+
+def build_model_card(
+    *,
+    model_name: str,
+    summary: dict,
+    settings: dict,
+    command: str,
+    dataset: str | list[str],
+    label_names: list[str],
+    decision_threshold: float,
+    base_model: str | None = None,
+    validation_summary: dict | None = None,
+) -> ModelCard:
+    """README.md of a trained model: Hub metadata (model-index with the test metrics, `decision_threshold` read by the
+    app as its slider default) and a body with the disclaimer, intended use, limitations, data, settings, command,
+    results and usage. `summary` / `validation_summary` are `write_report` summaries."""
+    # The report's tables and number formats; imported here so that reading a card (the app, the prediction CLI)
+    # does not load the report's statistics and figures.
+    from .report import METRIC_NAMES, describe_threshold, format_number, metrics_table
+
+    description, arch_tags = _describe_model(settings, base_model)
+    datasets, dataset_type, dataset_name = _dataset_ids(dataset)
+    values = {**summary["metrics"], "ece": summary["ece"]}
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type=name,
+            metric_name=METRIC_NAMES.get(name, name),
+            metric_value=round(float(value), 4),
+            metric_config=f"threshold={summary['threshold']:.4g}" if name not in ("roc_auc", "pr_auc", "ece") else None,
+        )
+        for name, value in values.items()
+        if value is not None and math.isfinite(value)
+    ]
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license="apache-2.0",
+        tags=["image-classification", "medical-imaging", "dermoscopy", "skin-lesion", "research-only", *arch_tags],
+        datasets=datasets,
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=eval_results or None,
+        decision_threshold=float(decision_threshold),
+    )
+    calibration_note, ood_note, calibration_section = _calibration_text(
+        settings, format_number(summary.get("ece_uncalibrated")), format_number(summary["ece"]))
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        description=description,
+        base_model=base_model,
+        label_names=list(label_names),
+        positive=label_names[1] if len(label_names) == 2 else None,
+        decision_threshold=float(decision_threshold),
+        dataset=dataset if isinstance(dataset, str) else " + ".join(dataset),
+        n=summary["n"],
+        counts=", ".join(f"{name}: {count}" for name, count in summary["class_counts"].items()),
+        threshold_source=summary["threshold_source"],
+        settings=settings,
+        command=command,
+        test_table=metrics_table(summary),
+        validation=validation_summary,
+        validation_threshold=None if validation_summary is None else describe_threshold(validation_summary),
+        validation_table=None if validation_summary is None else metrics_table(validation_summary),
+        calibration_note=calibration_note,
+        ood_note=ood_note,
+        calibration_section=calibration_section,
+    )
+
+
+__all__ = ["PAPER_URL", "build_model_card", "read_model_card"]

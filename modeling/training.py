@@ -436,7 +436,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     trainer.save_model(str(staging))  # model (safetensors) + config + code (auto_map) + image processor
     if not trainer.is_world_process_zero():
         return None
-    from .report import build_model_card, write_report
+    from .model_card import build_model_card
+    from .report import write_report
 
     add_pipeline_to(staging)  # pipeline("image-classification") with the config's decision rule
 

@@ -20,7 +20,8 @@ from modeling.metrics.statistics import (
     expected_calibration_error,
     paired_bootstrap,
 )
-from modeling.report import build_model_card, read_predictions, write_report
+from modeling.model_card import build_model_card
+from modeling.report import read_predictions, write_report
 
 LABEL_NAMES = ["benign", "malignant"]
 
