@@ -34,7 +34,7 @@ import numpy as np
 
 from modeling.decision import decide
 from modeling.explain import CAM_HOW_TO_READ, CAM_METHODS, CAM_TARGETS, explain
-from modeling.image_utils import find_images, load_image
+from modeling.image_utils import ImageLoadError, find_images, load_image
 from modeling.inference import OOD_WARNING, ModelInfo, Prediction, load_classifier, predict, predict_batch, write_csv
 from modeling.plots import with_colour_scale
 
@@ -123,9 +123,9 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except ValueError as error:  # ImageLoadError and bad arguments: the message is for the user
+        except ImageLoadError as error:  # the input is not a usable image: the message is for the user
             raise gr.Error(str(error), print_exception=False) from None
-        except Exception:
+        except Exception:  # a bug: logged with its traceback, a short message for the user
             logger.exception("request failed")
             raise gr.Error("Internal error while processing the request; see the server log.",
                            print_exception=False) from None

@@ -329,3 +329,21 @@ def test_cli_without_checkpoint_exits_cleanly():
     result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0
     assert "train_hf.py" in result.stderr and "--model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_only_bad_input_is_shown_as_its_message():
+    """An unusable image gets its own message; any other exception is a bug: logged, and a generic message shown
+    (a ValueError from a bug must not pass for a user error)."""
+    from modeling.image_utils import ImageLoadError
+
+    def bad_input():
+        raise ImageLoadError("x.jpg: the file is empty (0 bytes).")
+
+    def bug():
+        raise ValueError("operands could not be broadcast together")
+
+    with pytest.raises(gr.Error, match="empty"):
+        app._user_errors(bad_input)()
+    with pytest.raises(gr.Error, match="Internal error") as error:
+        app._user_errors(bug)()
+    assert "broadcast" not in str(error.value)
