@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ResNetBackbone, TimmBackbone
+from transformers import ResNetBackbone
 from transformers import initialization as init
+from transformers.backbone_utils import BackboneType
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
@@ -173,6 +174,11 @@ class AsffResNetPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.num_batches_tracked)
 
 
+def is_timm_backbone(backbone: nn.Module) -> bool:
+    """A transformers `TimmBackbone` (told without importing it, which would import timm for every model)."""
+    return getattr(backbone, "backbone_type", None) == BackboneType.TIMM
+
+
 def build_backbone(backbone_config) -> nn.Module:
     """The backbone model of a backbone config: transformers' `ResNetBackbone` for a `ResNetConfig`, `TimmBackbone`
     for a `TimmBackboneConfig`, the matching `AutoBackbone` class for any other. Built directly (not through
@@ -217,7 +223,7 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
     def stage_reductions(self) -> tuple[int, int] | None:
         """Strides of the (low, high) stages relative to the input (ResNet-50: 16, 32), read from the backbone;
         None for a transformers backbone other than ResNet (the fusion resizes to the low stage's grid anyway)."""
-        if isinstance(self.backbone, TimmBackbone):
+        if is_timm_backbone(self.backbone):
             return tuple(self.backbone._backbone.feature_info.reduction())
         if isinstance(self.backbone, ResNetBackbone):
             config = self.backbone.config  # stem: stride 4; each stage after the first halves the grid
@@ -230,7 +236,7 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
         """The modules whose outputs are the (low, high) stages the fusion reads (Grad-CAM's stage targets): a
         transformers backbone's `encoder.stages[...]` (ResNet and the like), a timm backbone's feature modules."""
         names = self.backbone.out_features
-        if isinstance(self.backbone, TimmBackbone):
+        if is_timm_backbone(self.backbone):
             network = self.backbone._backbone
             # timm's feature wrappers (FeatureListNet) flatten `a.b` into `a_b`; EfficientNetFeatures keeps it
             return tuple(_submodule(network, name) for name in names)
