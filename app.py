@@ -19,7 +19,6 @@ How the Classify tab behaves:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import html
 import logging
@@ -32,7 +31,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from modeling.decision import decide
 from modeling.explain import CAM_HOW_TO_READ, CAM_METHODS, CAM_TARGETS, explain
 from modeling.image_utils import ImageLoadError, find_images, load_image
 from modeling.inference import OOD_WARNING, ModelInfo, Prediction, load_classifier, predict, predict_batch, write_csv
@@ -64,7 +62,6 @@ MAX_FILE_SIZE = "20mb"
 MAX_BATCH_FILES = 200
 CONCURRENCY_LIMIT = 2  # CPU: model forwards are serialised anyway (modeling.inference.MODEL_LOCK), this bounds memory
 MAX_EXAMPLES = 8
-TTA_VIEWS = 8  # the dihedral views of the processor's square crop (modeling.inference.tta_views)
 DECISION_CSS = """
 p { margin: 0.2em 0; }
 .headline { font-size: 1.4rem; }
@@ -151,7 +148,7 @@ def probability_text(prediction: Prediction) -> str:
         text += f" ± {prediction.spread:.3f}"
         if prediction.interval is not None:
             low, high = prediction.interval
-            text += f" (range {low:.3f}–{high:.3f} over {TTA_VIEWS} views)"
+            text += f" (range {low:.3f}–{high:.3f} over {prediction.views} views)"
     return text
 
 
@@ -180,7 +177,7 @@ def decision_html(prediction: Prediction) -> str:
     parts.append(f'<p class="headline">{headline}</p>')
     if len(prediction.probabilities) == 2:
         positive = list(prediction.probabilities)[1]
-        sign = "≥" if prediction.probabilities[positive] >= prediction.threshold else "<"
+        sign = "≥" if prediction.label == positive else "<"  # the decision already applied the rule
         parts.append(f'<p class="detail">{_text(probability_text(prediction))} {sign} threshold '
                      f"{prediction.threshold:.2f}</p>")
     else:
@@ -206,13 +203,6 @@ def cam_caption(cam_label: str, target: str, method: str) -> str:
 def cam_image(result) -> np.ndarray:
     """The CAM overlay with its colour scale, whose high end names the class it explains."""
     return with_colour_scale(result.cam_overlay, "low", f"high: {result.cam_label}")
-
-
-def with_threshold(prediction: Prediction, threshold: float, id2label: dict[int, str]) -> Prediction:
-    """The same probabilities decided at another threshold (`modeling.decision.decide`, the one rule); the TTA
-    spread and the OOD score do not depend on it."""
-    index = decide(list(prediction.probabilities.values()), threshold)
-    return dataclasses.replace(prediction, label=id2label[index], threshold=float(threshold))
 
 
 def unique_names(paths: list[str]) -> tuple[list[str], bool]:
@@ -271,7 +261,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         result = explain(model, processor, _open(image_path), target=target, method=method, threshold=threshold,
                          tta=bool(tta))
         parts = ", ".join(f"{k} {v:.0f}" for k, v in result.timing_ms.items() if k != "total")
-        views = f", {TTA_VIEWS} TTA views" if tta else ""
+        views = f", {result.prediction.views} TTA views" if tta else ""
         timing = (f"Inference time: **{result.timing_ms['total']:.0f} ms** ({parts} ms{views}); "
                   f"Grad-CAM of *{result.cam_label}*")
         session = {"image": image_path, "prediction": result.prediction, "cam_label": result.cam_label,
@@ -291,7 +281,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         if not session or abs(session["prediction"].threshold - threshold) < 1e-12:
             probabilities = (session["prediction"].label, session["prediction"].probabilities) if session else None
             return (probabilities, *(gr.skip() for _ in range(6)))  # (no gr.skip() for the Label, see above)
-        prediction = with_threshold(session["prediction"], threshold, info.id2label)
+        prediction = session["prediction"].at_threshold(threshold)
         session = {**session, "prediction": prediction}
         cam = caption = timing = gr.skip()
         if prediction.label != session["cam_label"]:

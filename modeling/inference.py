@@ -5,6 +5,7 @@ CSV. The decision rule itself lives in `modeling.decision`; its settings in the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Prediction:
     label: str
     threshold: float
     tta: bool = False
+    views: int = 1  # how many TTA views the probabilities average
     spread: float | None = None
     interval: tuple[float, float] | None = None
     ood_score: float | None = None
@@ -65,11 +67,18 @@ class Prediction:
             return None
         return bool(self.ood_score <= self.ood_threshold)
 
+    def at_threshold(self, threshold: float) -> Prediction:
+        """The same probabilities decided at another threshold (the one rule, `decide`); spread and OOD score do not
+        depend on it."""
+        labels = list(self.probabilities)
+        index = decide(list(self.probabilities.values()), threshold)
+        return dataclasses.replace(self, label=labels[index], threshold=float(threshold))
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: what the API returns."""
         return {"label": self.label, "probabilities": self.probabilities, "threshold": self.threshold,
                 "in_distribution": self.in_distribution, "ood_score": self.ood_score,
-                "ood_threshold": self.ood_threshold, "tta": self.tta, "spread": self.spread,
+                "ood_threshold": self.ood_threshold, "tta": self.tta, "views": self.views, "spread": self.spread,
                 "interval": list(self.interval) if self.interval else None}
 
 
@@ -189,7 +198,8 @@ def make_prediction(model: nn.Module, probs: torch.Tensor, threshold: float | No
     id2label = model.config.id2label
     return Prediction(
         probabilities={str(id2label[i]): float(p) for i, p in enumerate(probs.tolist())},
-        label=str(id2label[index]), threshold=threshold, tta=view_probs is not None, spread=spread, interval=interval,
+        label=str(id2label[index]), threshold=threshold, tta=view_probs is not None,
+        views=1 if view_probs is None else int(view_probs.shape[0]), spread=spread, interval=interval,
         ood_score=None if ood_score is None else float(ood_score), ood_threshold=ood_threshold(model))
 
 

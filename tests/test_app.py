@@ -290,7 +290,7 @@ def test_model_without_ood_score_says_the_check_is_not_available(tiny_model_dir,
 
 
 def test_decision_headline():
-    in_dist = Prediction({"benign": 0.38, "malignant": 0.62}, "malignant", 0.5, tta=True, spread=0.05,
+    in_dist = Prediction({"benign": 0.38, "malignant": 0.62}, "malignant", 0.5, tta=True, views=8, spread=0.05,
                          interval=(0.55, 0.7), ood_score=1.0, ood_threshold=2.0)
     text = app.decision_html(in_dist)
     assert "p(malignant) = 0.620 ± 0.050 (range 0.550–0.700 over 8 views) ≥ threshold 0.50" in text

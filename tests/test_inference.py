@@ -223,3 +223,15 @@ def test_cli_errors(tmp_path, tiny_model_dir):
     with pytest.raises(SystemExit) as error:
         predict_cli([str(tmp_path / "imgs"), "--model", str(tmp_path / "no_model")])
     assert error.value.code == 1
+
+
+def test_prediction_at_another_threshold(loaded, image):
+    """The app re-decides cached predictions when the threshold moves: the same rule, the rest unchanged."""
+    model, processor, _ = loaded["channel"]
+    result = predict(model, processor, image, tta=True)
+    p = result.probabilities["malignant"]
+    assert result.views == 8 and predict(model, processor, image).views == 1
+    assert result.at_threshold(p).label == "malignant" and result.at_threshold(p + 1e-4).label == "benign"
+    moved = result.at_threshold(0.0)
+    assert moved.threshold == 0.0 and moved.probabilities == result.probabilities and moved.spread == result.spread
+    assert moved.as_dict()["views"] == 8
