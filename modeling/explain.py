@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -131,6 +132,67 @@ def grad_cam(
     return mask[0], wrapper.last_output
 
 
+class _UnscaledGradCAM(GradCAM):
+    """pytorch-grad-cam's GradCAM without its per-image min-max scaling (`scale_cam_image`): the ReLU'd
+    sum of gradient-weighted activations, bilinearly upsampled to the input size (as `scale_cam_image` resizes). The
+    min-max step subtracts each map's minimum, which moves mass between regions: shares of mass need the raw map."""
+
+    def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+        width, height = self.get_target_width_height(input_tensor)
+        activations = [a.cpu().numpy() for a in self.activations_and_grads.activations]
+        gradients = [g.cpu().numpy() for g in self.activations_and_grads.gradients]
+        maps = []
+        for layer, layer_activations, layer_gradients in zip(self.target_layers, activations, gradients, strict=True):
+            cam = np.maximum(self.get_cam_image(input_tensor, layer, targets, layer_activations, layer_gradients,
+                                                eigen_smooth), 0)
+            maps.append(np.stack([cv2.resize(np.float32(c), (width, height)) for c in cam])[:, None])
+        return maps
+
+    def aggregate_multi_layers(self, cam_per_target_layer):
+        return np.maximum(np.concatenate(cam_per_target_layer, axis=1), 0).mean(axis=1)
+
+
+def raw_grad_cams(model: nn.Module, pixel_values: torch.Tensor, class_ids, target: str = "fused"
+                  ) -> tuple[np.ndarray, torch.Tensor]:
+    """Unscaled Grad-CAMs of a batch (B, H, W), each for its class in `class_ids`, at the input size, and the logits
+    of that forward pass (B, C). Non-negative, not min-max normalised: proportional to the gradient scale, so only
+    ratios within a map (e.g. `cam_frame_share`) are comparable. The model's parameters are frozen for the pass
+    (gradients stop at the target layer) and their `requires_grad` flags restored after."""
+    layer, _ = cam_target_layer(model, target)
+    wrapper = LogitsOnly(model)
+    flags = [p.requires_grad for p in model.parameters()]
+
+    def _leaf(module, args, output):  # as in grad_cam: back-propagate only the layers above the target
+        return output.detach().requires_grad_(True) if torch.is_grad_enabled() else output
+
+    with MODEL_LOCK:
+        training = model.training
+        model.requires_grad_(False)
+        handle = layer.register_forward_hook(_leaf)
+        try:
+            with torch.enable_grad(), _UnscaledGradCAM(model=wrapper, target_layers=[layer]) as cam:
+                maps = cam(input_tensor=pixel_values, targets=[ClassifierOutputTarget(int(k)) for k in class_ids])
+        finally:
+            handle.remove()
+            for parameter, flag in zip(model.parameters(), flags, strict=True):
+                parameter.requires_grad_(flag)
+            model.train(training)
+    logits = getattr(wrapper.last_output, "logits", wrapper.last_output)
+    return maps, logits.detach().float().cpu()
+
+
+def cam_frame_share(cam: np.ndarray, frame: float = 1 / 8) -> float:
+    """Share of a non-negative CAM's mass in the outer `frame` of each side (1/8: 43.75 % of the area; a uniform map
+    gives that share); NaN for an all-zero map. Give it a raw map (`raw_grad_cams`): min-max scaling moves mass."""
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.ndim != 2 or (cam < 0).any():
+        raise ValueError(f"a CAM must be a non-negative (H, W) map, got shape {cam.shape}, minimum {cam.min():.3g}")
+    height, width = cam.shape
+    top, side = round(height * frame), round(width * frame)
+    total = cam.sum()
+    return float((total - cam[top:height - top, side:width - side].sum()) / total) if total > 0 else float("nan")
+
+
 def explain(
     model: nn.Module,
     processor,
@@ -194,7 +256,9 @@ __all__ = [
     "CAM_METHODS",
     "CAM_TARGETS",
     "ExplainResult",
+    "cam_frame_share",
     "cam_target_layer",
     "explain",
     "grad_cam",
+    "raw_grad_cams",
 ]

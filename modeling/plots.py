@@ -1,5 +1,6 @@
-"""Figures for people: the fusion-weight views and the Grad-CAM overlay with its colour scale, and the evaluation
-report's figures (ROC, precision-recall, confusion, reliability, ROC per source). Built with matplotlib's object API
+"""Figures for people: the fusion-weight views, the Grad-CAM overlay with its colour scale, the images with the
+highest CAM frame share, and the evaluation report's figures (ROC, precision-recall, confusion, reliability, ROC per
+source). Built with matplotlib's object API
 (no pyplot), so they are safe in server threads; sized to stay readable at phone width."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw
 from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from sklearn.calibration import calibration_curve
@@ -108,6 +110,30 @@ def with_colour_scale(overlay: np.ndarray, low: str = "low", high: str = "high")
     text_width = draw.textlength(high)
     draw.text((width - text_width - 2, 2), high, fill=(0, 0, 0))
     return np.concatenate([overlay, bar, np.asarray(labels)], axis=0)
+
+
+def frame_share_figure(images: list[np.ndarray], cams: list[np.ndarray], titles: list[str], frame: float,
+                       title: str = "") -> Figure:
+    """The images with the highest CAM frame share, 2 x 4 tiles: each the model's input (uint8 RGB) with its raw CAM
+    over it (scaled by its maximum for display only, so zero stays blue) and the frame's inner edge dashed.
+    Sized for phone width: few, large words per tile (`titles`, two short lines)."""
+    figure = Figure(figsize=(7.2, 5.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 4)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image, cam, text in zip(axes.flat, images, cams, titles, strict=False):
+        peak = float(cam.max())
+        overlay = cam_overlay(image.astype(np.float32) / 255.0, cam / peak if peak > 0 else cam)
+        ax.imshow(overlay)
+        scale = overlay.shape[0] / cam.shape[0]
+        top, side = round(cam.shape[0] * frame) * scale, round(cam.shape[1] * frame) * scale
+        ax.add_patch(Rectangle((side - 0.5, top - 0.5), overlay.shape[1] - 2 * side, overlay.shape[0] - 2 * top,
+                               fill=False, edgecolor="white", linestyle="--", linewidth=1.2))
+        ax.set_title(text, fontsize=12)
+    if title:
+        figure.suptitle(title, fontsize=12)
+    return figure
 
 
 # The evaluation report's figures (`report.write_report`, `report.write_source_reports`): PNG files beside report.md.
@@ -215,5 +241,5 @@ def roc_by_source_figure(out_dir: Path, labels: np.ndarray, probs: np.ndarray, s
     return "roc_by_source.png"
 
 
-__all__ = ["cam_overlay", "fusion_figure", "fusion_message", "report_figures", "roc_by_source_figure",
-           "with_colour_scale"]
+__all__ = ["cam_overlay", "frame_share_figure", "fusion_figure", "fusion_message", "report_figures",
+           "roc_by_source_figure", "with_colour_scale"]

@@ -1,6 +1,7 @@
 """The evaluation report of a model on one split: `report.md` (metrics with bootstrap intervals, figures),
 `report.json` (the same numbers, undefined ones as null) and `predictions.csv` (one row per image, what comparisons
-between models read back), for the pooled data and per source.
+between models read back), for the pooled data and per source; and the lesion-focus section (CAM frame share,
+computed by `lesion_focus`).
 
 The statistics are in `metrics.statistics`, the figures in `plots`; the tables here (`metrics_table`, the number
 formats) are shared with the model card (`model_card`) and the comparison of runs (`compare`).
@@ -186,6 +187,45 @@ def write_source_reports(
     return summaries
 
 
+def frame_share_markdown(summary: dict, figure: str | None = None) -> str:
+    """The CAM frame share (`lesion_focus.frame_shares` summary) as a report section: what it measures, a table
+    pooled, per source and per true label, and the figure of the worst images."""
+    size = summary.get("input_size")
+    where = f"the {size[0]}×{size[1]} input ({summary['frame_px'][0]} px)" if size else "the input"
+    sample = summary.get("sample")
+    drawn = (f" A seeded sample (seed {sample['seed']}) of {summary['n'] + summary['n_zero_cam']} of the "
+             f"{summary['images']} images, stratified by {sample['stratified_by']}.") if sample else ""
+    rows = ["| images | n | mean (95 % CI) | median | share > uniform | all-zero CAMs |", "|---|---|---|---|---|---|"]
+
+    def row(name: str, part: dict) -> str:
+        ci = "" if part.get("mean_ci95") is None else f" {format_interval(part['mean_ci95'])}"
+        return (f"| {name} | {part['n']} | {format_number(part['mean'])}{ci} | "
+                f"{format_number(part['median'])} | {format_number(part['share_above_uniform'])} | "
+                f"{part['n_zero_cam']} |")
+
+    groups = [("all", summary), *summary.get("sources", {}).items()]
+    for name, part in groups:
+        rows.append(row(f"**{name}**" if name == "all" else name, part))
+        rows += [row(f"{'' if name == 'all' else f'{name}, '}true {label}", by)
+                 for label, by in part.get("by_label", {}).items()]
+    lines = ["## Lesion focus: CAM frame share", "",
+             f"Share of Grad-CAM mass ({summary['target']} map, for each image's true class, raw: before any min-max "
+             f"scaling) in the outer 1/8 of each side of {where}: 43.75 % of the area, so a uniform map scores "
+             f"{summary['uniform_share']:.4g}. Lower is better: dermoscopy centres the lesion.{drawn} 95 % CI of "
+             "the mean: "
+             "percentile bootstrap.", "", *rows, ""]
+    if figure:
+        lines += [f"![{Path(figure).stem}]({figure})", ""]
+    return "\n".join(lines)
+
+
+def append_frame_share_section(report_dir, summary: dict, figure: str | None = None) -> None:
+    """Appends `frame_share_markdown` to `report_dir/report.md` (written first by `write_report`)."""
+    report_md = Path(report_dir) / "report.md"
+    before = report_md.read_text() if report_md.is_file() else ""
+    report_md.write_text(before + ("\n" if before else "") + frame_share_markdown(summary, figure))
+
+
 def write_predictions(path, labels, probs, label_names: list[str], sample_ids: list[str] | None = None) -> None:
     """`predictions.csv`: id, label name, one probability column per class (9 significant digits: float32 exactly,
     so metrics recomputed from the file equal the report's)."""
@@ -215,9 +255,11 @@ __all__ = [
     "COMPARISON_METRICS",
     "METRIC_NAMES",
     "PREDICTIONS_FILE",
+    "append_frame_share_section",
     "describe_threshold",
     "format_interval",
     "format_number",
+    "frame_share_markdown",
     "metrics_table",
     "read_predictions",
     "source_dir_name",
