@@ -94,6 +94,24 @@ def _calibration_text(settings: dict, before: str, after: str) -> tuple[str, str
     return note, ood, section
 
 
+def _frame_share_text(summary: dict | None) -> str | None:
+    """The lesion-focus paragraph from a `lesion_focus.frame_shares` summary (None without one, or without values)."""
+    if not summary or summary.get("mean") is None:
+        return None
+    from .report import format_interval
+
+    size = summary.get("input_size")
+    ci = f" {format_interval(summary['mean_ci95'])}" if summary.get("mean_ci95") else ""
+    sample = f", a sample of {summary['images']}" if summary.get("sample") else ""
+    zero = f"; {summary['n_zero_cam']} all-zero CAM(s) left out" if summary.get("n_zero_cam") else ""
+    return (f"Share of Grad-CAM mass ({summary['target']} map, each image's true class, before any min-max scaling) "
+            f"in the outer 1/8 of each side of the {f'{size[0]}-px ' if size else ''}input (43.75 % of the area: a "
+            f"uniform map scores {summary['uniform_share']:.4g}): mean **{summary['mean']:.3f}**{ci} (95 % CI), "
+            f"median {summary['median']:.3f}, {summary['share_above_uniform']:.0%} of images above uniform "
+            f"(n = {summary['n']} test images{sample}{zero}). Lower means more focus on the centre, where dermoscopy "
+            "puts the lesion; `report/cam_frame_share_worst.png` shows the 8 highest.")
+
+
 def build_model_card(
     *,
     model_name: str,
@@ -105,10 +123,12 @@ def build_model_card(
     decision_threshold: float,
     base_model: str | None = None,
     validation_summary: dict | None = None,
+    frame_share: dict | None = None,
 ) -> ModelCard:
     """README.md of a trained model: Hub metadata (model-index with the test metrics, `decision_threshold` read by the
     app as its slider default) and a body with the disclaimer, intended use, limitations, data, settings, command,
-    results and usage. `summary` / `validation_summary` are `write_report` summaries."""
+    results and usage. `summary` / `validation_summary` are `write_report` summaries; `frame_share` the test split's
+    lesion focus (`lesion_focus.frame_shares` summary), shown when given."""
     # The report's tables and number formats; imported here so that reading a card (the app, the prediction CLI)
     # does not load the report's statistics and figures.
     from .report import METRIC_NAMES, describe_threshold, format_number, metrics_table
@@ -166,6 +186,7 @@ def build_model_card(
         calibration_note=calibration_note,
         ood_note=ood_note,
         calibration_section=calibration_section,
+        frame_share_text=_frame_share_text(frame_share),
     )
 
 

@@ -99,6 +99,12 @@ class ModelArguments:
                 "so far is then selected as usual. A safety net for fixed budgets: the schedule is not shortened"})
     do_eval_only: bool = field(default=False, metadata={
         "help": "evaluate --model_name_or_path on the test split of --dataset (or on all of it) and report"})
+    cam_frame_share: bool = field(default=True, metadata={
+        "help": "lesion focus in the test report: the share of Grad-CAM mass (each image's true class) in the outer "
+                "1/8 of the input, with the 8 worst images (modeling.lesion_focus); one Grad-CAM pass per image"})
+    cam_frame_share_limit: int = field(default=200, metadata={
+        "help": "at most this many test images for --cam_frame_share (a seeded sample, stratified by source and "
+                "label: the same images for every model on the same test split); 0: all"})
 
 
 @dataclass
@@ -386,6 +392,18 @@ def _by_source(**splits: dict[str, dict] | None) -> dict[str, dict] | None:
     return {name: {split: summaries.get(name) for split, summaries in found.items()} for name in names}
 
 
+def frame_share_report(model_args: ModelArguments, report_dir: Path, model, processor, split, ids,
+                       progress: bool, title: str) -> dict | None:
+    """The test report's lesion-focus part (`lesion_focus.report_frame_share`: JSON, figure, report.md section),
+    unless --cam_frame_share false; returns its summary for metrics.json and the model card."""
+    if not model_args.cam_frame_share:
+        return None
+    from .lesion_focus import report_frame_share
+
+    return report_frame_share(report_dir, model, processor, split, ids, limit=model_args.cam_frame_share_limit or None,
+                              progress=progress, title=title)
+
+
 def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
               prepared: PreparedData) -> dict | None:
     """Trains one model, selects the best checkpoint on validation, evaluates on test once, and writes the model,
@@ -458,6 +476,9 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
                            sample_ids=sample_ids(prepared.dataset["test"], prepared.source_roots))
     test_sources = source_reports(staging / "report", prepared, "test", test_labels, test_probs,
                                   softmax(test_logits, axis=-1), threshold, source, f"{name} (test split)")
+    frame_share = frame_share_report(model_args, staging / "report", trainer.model, processor, prepared.dataset["test"],
+                                     sample_ids(prepared.dataset["test"], prepared.source_roots),
+                                     not args.disable_tqdm, f"{name} (test split)")
     settings = run_settings(model_args, data_args, args, name, prepared)
     settings.update(image_size=getattr(model.config, "image_size", model_args.image_size),
                     train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
@@ -472,14 +493,15 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     metrics = {"model": name, "test": summary, "validation": validation_summary,
                "train": result.metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary"),
                "datasets": prepared.source_roots,
-               "sources": _by_source(test=test_sources, validation=validation_sources)}
+               "sources": _by_source(test=test_sources, validation=validation_sources),
+               "cam_frame_share": frame_share}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     card = build_model_card(
         model_name=output_dir.name, summary=summary, settings=settings, command=command_line(),
         dataset=list(prepared.source_roots.values()) if len(prepared.sources) > 1 else prepared.source_roots.get(
             prepared.sources[0], str(data_args.dataset)),
         label_names=prepared.labels, decision_threshold=threshold,
-        base_model=model_args.model_name_or_path, validation_summary=validation_summary)
+        base_model=model_args.model_name_or_path, validation_summary=validation_summary, frame_share=frame_share)
     card.save(staging / "README.md")
     _publish(staging, output_dir)
     if args.push_to_hub:
@@ -534,8 +556,12 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
                            sample_ids=sample_ids(prepared.dataset["test"], prepared.source_roots))
     test_sources = source_reports(staging / "report", prepared, "test", labels, probs, softmax(logits, axis=-1),
                                   threshold, source, title)
+    frame_share = frame_share_report(model_args, staging / "report", trainer.model, processor, prepared.dataset["test"],
+                                     sample_ids(prepared.dataset["test"], prepared.source_roots),
+                                     not args.disable_tqdm, title)
     metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary,
-               "datasets": prepared.source_roots, "sources": _by_source(test=test_sources)}
+               "datasets": prepared.source_roots, "sources": _by_source(test=test_sources),
+               "cam_frame_share": frame_share}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _publish(staging, out)
     return metrics
