@@ -46,8 +46,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 @dataclass
 class FeatureSet:
-    """What one pass over a split gives: raw logits, pooled features, labels (and OOD scores when the model has a
-    scorer)."""
+    """What one pass over a split gives: raw logits, the features the OOD score measures (the pooled features, or
+    `outputs.ood_features`), labels (and OOD scores when the model has a scorer)."""
 
     logits: np.ndarray
     features: np.ndarray
@@ -65,7 +65,8 @@ def collect_features(model: nn.Module, batches: Iterable[dict], desc: str = "fea
     for batch in tqdm(batches, desc=desc, unit="batch"):
         out = model(pixel_values=batch["pixel_values"].to(device))
         logits.append(out.logits.float().cpu().numpy())
-        features.append(out.pooler_output.float().cpu().numpy())
+        scored = getattr(out, "ood_features", None)  # what the OOD score measures (config.ood_feature)
+        features.append((scored if scored is not None else out.pooler_output).float().cpu().numpy())
         labels.append(np.asarray(batch["labels"]))
         if getattr(out, "ood_score", None) is not None:
             scores.append(out.ood_score.float().cpu().numpy())

@@ -26,12 +26,15 @@ class AsffResNetModelOutput(ModelOutput):
     fusion_weights: channel mode (batch, channels) weight of the low-level stage (the high level gets 1 - w);
         spatial mode (batch, 2, height, width) per-pixel weights of (low, high); none mode None.
     hidden_states: the backbone's per-stage outputs when `output_hidden_states=True`.
+    stage_pooled: the global averages of the two fused stages, concatenated (batch, low + high channels); only with
+        `config.ood_feature="stages"`, for the OOD score.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     fusion_weights: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    stage_pooled: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -39,7 +42,8 @@ class AsffResNetImageClassifierOutput(ModelOutput):
     """Classifier output: `loss` (when labels are given), `logits` (raw: calibrate with `config.temperature`), the
     model output's `fusion_weights` and `hidden_states`, the pooled features the head reads (`pooler_output`), and
     `ood_score` (batch,), the out-of-distribution score of `config.ood_method` (None without one; higher = further
-    from the training data; above `config.ood_threshold` = flagged)."""
+    from the training data; above `config.ood_threshold` = flagged). `ood_features`: what that score measures when
+    it is not `pooler_output` (`config.ood_feature="stages"`), else None."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -47,6 +51,7 @@ class AsffResNetImageClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     pooler_output: torch.FloatTensor | None = None
     ood_score: torch.FloatTensor | None = None
+    ood_features: torch.FloatTensor | None = None
 
 
 def _project(in_channels: int, out_channels: int) -> nn.Module:
@@ -271,8 +276,12 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
             fused, weights = self.fusion(low, high)
         fused = self.fusion_output(fused)
         pooled = self.pooler(fused).flatten(1)
+        stage_pooled = None
+        if getattr(self.config, "ood_feature", "pooled") == "stages":
+            stage_pooled = torch.cat([low.mean(dim=(2, 3)), high.mean(dim=(2, 3))], dim=1)
         output = AsffResNetModelOutput(
-            last_hidden_state=fused, pooler_output=pooled, fusion_weights=weights, hidden_states=features.hidden_states
+            last_hidden_state=fused, pooler_output=pooled, fusion_weights=weights, hidden_states=features.hidden_states,
+            stage_pooled=stage_pooled,
         )
         return output if return_dict else output.to_tuple()
 
@@ -298,10 +307,16 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
             nn.Linear(config.head_hidden_size, config.num_labels),
         )
         self.ood_scorer = (
-            AsffMahalanobisScorer(self.asff_resnet.num_features, config.num_labels)
+            AsffMahalanobisScorer(self.ood_feature_size, config.num_labels)
             if config.ood_method == "mahalanobis" else None
         )
         self.post_init()
+
+    @property
+    def ood_feature_size(self) -> int:
+        """Width of what the OOD score measures (`config.ood_feature`): the pooled features, plus both stages'."""
+        extra = sum(self.asff_resnet.stage_channels) if getattr(self.config, "ood_feature", "pooled") == "stages" else 0
+        return self.asff_resnet.num_features + extra
 
     def forward(
         self,
@@ -319,10 +334,14 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
         outputs = self.asff_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        ood_score = self.ood_scorer(outputs.pooler_output) if self.ood_scorer is not None else None
+        ood_features = None
+        if outputs.stage_pooled is not None:
+            ood_features = torch.cat([outputs.stage_pooled, outputs.pooler_output], dim=1)
+        scored = ood_features if ood_features is not None else outputs.pooler_output
+        ood_score = self.ood_scorer(scored) if self.ood_scorer is not None else None
         output = AsffResNetImageClassifierOutput(
             loss=loss, logits=logits, fusion_weights=outputs.fusion_weights, hidden_states=outputs.hidden_states,
-            pooler_output=outputs.pooler_output, ood_score=ood_score,
+            pooler_output=outputs.pooler_output, ood_score=ood_score, ood_features=ood_features,
         )
         return output if return_dict else output.to_tuple()
 
