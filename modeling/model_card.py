@@ -28,10 +28,20 @@ def read_model_card(source: str | Path) -> tuple[str | None, dict[str, Any]]:
     return card.text, card.data.to_dict()
 
 
+def trained_from_scratch(settings: dict, base_model: str | None) -> bool:
+    """No pretrained weights at all: neither a base model nor pretrained backbone weights (`init`)."""
+    return not base_model and str(settings.get("init", "random")).startswith("random")
+
+
 def _describe_model(settings: dict, base_model: str | None) -> tuple[str, list[str]]:
     """A sentence on the architecture and tags, from the training settings (`architecture` for a torchvision
-    baseline, `fusion_mode` for ASFF-ResNet)."""
-    start = f"initialised from `{base_model}`" if base_model else "trained from scratch (random initialisation)"
+    baseline, `fusion_mode` and `backbone` for ASFF)."""
+    if base_model:
+        start = f"initialised from `{base_model}`"
+    elif trained_from_scratch(settings, base_model):
+        start = "trained from scratch (random initialisation)"
+    else:
+        start = f"its backbone initialised from {settings['init']} weights"
     architecture = settings.get("architecture")
     if architecture and architecture != "asff_resnet":
         return (
@@ -45,6 +55,15 @@ def _describe_model(settings: dict, base_model: str | None) -> tuple[str, list[s
         "spatial": "fused with learned per-pixel weights (the original ASFF of Liu et al. 2019)",
         "none": "not fused: this is the plain ResNet-50 ablation with the same head",
     }[settings.get("fusion_mode", "channel")]
+    backbone = settings.get("backbone")
+    if backbone and not str(backbone).startswith("resnet"):
+        fusion = fusion.replace("the plain ResNet-50 ablation", f"the plain {backbone} ablation")
+        return (
+            f"ASFF ([arXiv:2510.03876]({PAPER_URL})) on a `{backbone}` backbone (timm, through transformers' "
+            f"TimmBackbone), {start}: its last two feature stages are {fusion}, followed by global average pooling "
+            "and the paper's MLP head. The paper's architecture is the same fusion on ResNet-50.",
+            ["asff", str(backbone)],
+        )
     return (
         f"ASFF-ResNet-50 ([arXiv:2510.03876]({PAPER_URL})), {start}: a ResNet-50 whose stage3 (14×14×1024) and "
         f"stage4 (7×7×2048, projected and upsampled) feature maps are {fusion}, followed by global average pooling "
@@ -112,6 +131,27 @@ def _frame_share_text(summary: dict | None) -> str | None:
             "puts the lesion; `report/cam_frame_share_worst.png` shows the 8 highest.")
 
 
+def _sources_table(sources: dict | None) -> str | None:
+    """Per source and split: n, ROC AUC and accuracy with their intervals, sensitivity and specificity, at the
+    model's threshold (`metrics.json` "sources"); None with a single source."""
+    if not sources:
+        return None
+    from .report import format_interval, format_number
+
+    rows = ["| source | split | n | ROC AUC [95 % CI] | accuracy [95 % CI] | sensitivity | specificity |",
+            "|---|---|---|---|---|---|---|"]
+    for source, splits in sources.items():
+        for split, summary in splits.items():
+            if not summary:
+                continue
+            m, ci = summary["metrics"], summary.get("ci95", {})
+            rows.append(f"| {source} | {split} | {summary['n']} | {format_number(m.get('roc_auc'))} "
+                        f"{format_interval(ci.get('roc_auc'))} | {format_number(m.get('accuracy'))} "
+                        f"{format_interval(ci.get('accuracy'))} | {format_number(m.get('recall'))} | "
+                        f"{format_number(m.get('specificity'))} |")
+    return "\n".join(rows)
+
+
 def build_model_card(
     *,
     model_name: str,
@@ -124,11 +164,13 @@ def build_model_card(
     base_model: str | None = None,
     validation_summary: dict | None = None,
     frame_share: dict | None = None,
+    sources: dict | None = None,
 ) -> ModelCard:
     """README.md of a trained model: Hub metadata (model-index with the test metrics, `decision_threshold` read by the
     app as its slider default) and a body with the disclaimer, intended use, limitations, data, settings, command,
     results and usage. `summary` / `validation_summary` are `write_report` summaries; `frame_share` the test split's
-    lesion focus (`lesion_focus.frame_shares` summary), shown when given."""
+    lesion focus (`lesion_focus.frame_shares` summary), shown when given; `sources` the per-source summaries
+    ({source: {split: summary}}, metrics.json "sources") of a model trained on several sources."""
     # The report's tables and number formats; imported here so that reading a card (the app, the prediction CLI)
     # does not load the report's statistics and figures.
     from .report import METRIC_NAMES, describe_threshold, format_number, metrics_table
@@ -187,6 +229,9 @@ def build_model_card(
         ood_note=ood_note,
         calibration_section=calibration_section,
         frame_share_text=_frame_share_text(frame_share),
+        sources_table=_sources_table(sources),
+        datasets_list=[dataset] if isinstance(dataset, str) else list(dataset),
+        from_scratch=trained_from_scratch(settings, base_model),
     )
 
 

@@ -97,6 +97,14 @@ class ModelArguments:
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "stop training (evaluating and saving first) once this much time has passed; the best checkpoint "
                 "so far is then selected as usual. A safety net for fixed budgets: the schedule is not shortened"})
+    ood_feature: str | None = field(default=None, metadata={
+        "choices": ["pooled", "stages"],
+        "help": "what the out-of-distribution score measures: the pooled features the head reads (default) or those "
+                "plus both fused stages' averages (stages: better for small ImageNet-initialised backbones)"})
+    skip_training: bool = field(default=False, metadata={
+        "help": "release --model_name_or_path without training it (a model trained elsewhere, e.g. by "
+                "recipes/gpu_sweep.py): the same calibration, OOD statistics, validation threshold, test report and "
+                "model card as after training; its training_settings.json, if any, is recorded as its recipe"})
     do_eval_only: bool = field(default=False, metadata={
         "help": "evaluate --model_name_or_path on the test split of --dataset (or on all of it) and report"})
     cam_frame_share: bool = field(default=True, metadata={
@@ -144,9 +152,10 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
         if not same_labels:
             logger.warning("labels %s differ from the checkpoint's %s: the head is re-initialised",
                            labels, list(config.id2label.values()))
+        extra = {"ood_feature": model_args.ood_feature} if model_args.ood_feature else {}
         model = AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path, trust_remote_code=True, id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=not same_labels)
+            ignore_mismatched_sizes=not same_labels, **extra)
         processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
         return model, with_preprocessing(processor, model_args.color_constancy, model_args.resize_mode)
     normalisation = {}
@@ -168,6 +177,8 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
             overrides["image_size"] = model_args.image_size
         if model_args.classifier_dropout is not None:
             overrides["classifier_dropout"] = model_args.classifier_dropout
+        if model_args.ood_feature:
+            overrides["ood_feature"] = model_args.ood_feature
         if model_args.config_name:
             config = AsffResNetConfig.from_pretrained(model_args.config_name, **overrides)
         else:
@@ -404,6 +415,38 @@ def frame_share_report(model_args: ModelArguments, report_dir: Path, model, proc
                               progress=progress, title=title)
 
 
+def backbone_name(config) -> str | None:
+    """The backbone an ASFF model fuses: a timm model name, or the transformers backbone type (e.g. "resnet")."""
+    backbone = getattr(config, "backbone_config", None)
+    if backbone is None:
+        return None
+    return getattr(backbone, "backbone", None) or getattr(backbone, "model_type", None)
+
+
+def read_training_settings(model_dir: str | None) -> dict:
+    """The recipe a model trained elsewhere brought (`training_settings.json` in its directory), or {}."""
+    path = Path(model_dir or "") / "training_settings.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def recipe_settings(recipe: dict) -> dict:
+    """What the settings, metrics and card record of an external recipe (its per-epoch history stays in
+    training_settings.json)."""
+    keys = {"epochs": "epochs", "lr": "learning_rate", "batch": "batch_size", "seed": "seed",
+            "augmentation": "augmentation", "best_epoch": "best_epoch", "epochs_completed": "epochs_completed",
+            "train_runtime_s": "train_runtime_s", "hardware": "hardware", "trained_by": "trained_by",
+            "train_images": "train_images"}
+    settings = {new: recipe[old] for old, new in keys.items() if old in recipe}
+    if recipe.get("backbone", "").startswith("lite"):
+        settings["init"] = f"efficientnet-{recipe['backbone']} (ImageNet)"
+    elif recipe:
+        settings["init"] = "random (from scratch)"
+    if recipe:
+        settings["model"] = recipe.get("fusion", settings.get("model"))
+        settings["mixed_precision"] = "bf16 autocast"
+    return settings
+
+
 def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
               prepared: PreparedData) -> dict | None:
     """Trains one model, selects the best checkpoint on validation, evaluates on test once, and writes the model,
@@ -435,7 +478,11 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         data_collator=collate_fn, processing_class=processor, compute_metrics=compute_metrics,
         compute_loss_func=loss_func, callbacks=callbacks,
     )
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if model_args.skip_training:
+        train_metrics, recipe = {}, read_training_settings(model_args.model_name_or_path)
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint).metrics
+        recipe = None
     # Every process takes part in prediction and saving (collective under DDP); the main one writes the rest.
     # Calibration, OOD statistics and the decision threshold come from train/validation only, never from test.
     calibration = calibrate(trainer, prepared, processor)
@@ -459,7 +506,10 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
 
     add_pipeline_to(staging)  # pipeline("image-classification") with the config's decision rule
 
-    trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the log history: learning curves
+    if recipe is None:
+        trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the log history: learning curves
+    else:
+        (staging / "training_settings.json").write_text(json.dumps(recipe, indent=1))
     validation_summary = validation_sources = None
     if validation is not None:
         validation_summary = write_report(
@@ -481,17 +531,26 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
                                      not args.disable_tqdm, f"{name} (test split)")
     settings = run_settings(model_args, data_args, args, name, prepared)
     settings.update(image_size=getattr(model.config, "image_size", model_args.image_size),
-                    train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1),
-                    best_checkpoint=trainer.state.best_model_checkpoint,
-                    best_validation_metric=trainer.state.best_metric, epochs_completed=round(trainer.state.epoch, 2),
-                    hardware=hardware())
+                    backbone=backbone_name(model.config))
+    if getattr(model.config, "fusion_mode", None):
+        settings["fusion_mode"] = model.config.fusion_mode
+    if recipe is None:
+        settings.update(train_runtime_s=round(train_metrics.get("train_runtime", 0.0), 1),
+                        best_checkpoint=trainer.state.best_model_checkpoint,
+                        best_validation_metric=trainer.state.best_metric,
+                        epochs_completed=round(trainer.state.epoch or 0.0, 2), hardware=hardware())
+    else:  # trained elsewhere: its own recipe replaces the Trainer's (unused) settings
+        for key in ("epochs", "batch_size", "learning_rate", "lr_scheduler", "warmup", "weight_decay", "optimizer",
+                    "seed", "augmentation_strength", "class_weighting", "mixed_precision", "channels_last"):
+            settings.pop(key, None)
+        settings.update(recipe_settings(recipe), evaluated_on=hardware())
     if any(isinstance(c, TimeBudgetCallback) and c.stopped for c in callbacks):
         settings["stopped_by_time_budget_min"] = model_args.max_train_minutes
     settings.update(calibration_summary(trainer.model.config, calibration))
     preprocessing = processor_settings(processor)
     settings.update(color_constancy=preprocessing["color_constancy_power"], resize_mode=preprocessing["resize_mode"])
     metrics = {"model": name, "test": summary, "validation": validation_summary,
-               "train": result.metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary"),
+               "train": train_metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary"),
                "datasets": prepared.source_roots,
                "sources": _by_source(test=test_sources, validation=validation_sources),
                "cam_frame_share": frame_share}
@@ -501,7 +560,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         dataset=list(prepared.source_roots.values()) if len(prepared.sources) > 1 else prepared.source_roots.get(
             prepared.sources[0], str(data_args.dataset)),
         label_names=prepared.labels, decision_threshold=threshold,
-        base_model=model_args.model_name_or_path, validation_summary=validation_summary, frame_share=frame_share)
+        base_model=None if recipe is not None else model_args.model_name_or_path,
+        validation_summary=validation_summary, frame_share=frame_share, sources=metrics["sources"])
     card.save(staging / "README.md")
     _publish(staging, output_dir)
     if args.push_to_hub:
@@ -600,6 +660,9 @@ def save_or_push_dataset(prepared: PreparedData, data_args: DataArguments) -> No
 def check_arguments(model_args: ModelArguments) -> None:
     """Fails before the data is prepared and the first model trains, on a choice that cannot work."""
     from .baselines import BASELINE_ARCHITECTURES, TorchvisionClassifierConfig
+
+    if model_args.skip_training and not model_args.model_name_or_path:
+        raise UsageError("--skip_training needs --model_name_or_path (the trained model to release)")
 
     names = [n.strip() for n in model_args.models.split(",")] if model_args.models else [
         model_args.baseline or model_args.fusion_mode]
