@@ -1,0 +1,543 @@
+"""The experiments of one accelerator session, in one command: cross-source training (issue "generalize"), its
+ablations, the fine-tuning recipe, and the fusion modes on an ImageNet-initialised EfficientNet-Lite0 (issue
+"transfer").
+
+    python recipes/gpu_sweep.py --pack .devpack --out OUT [--deadline_s 480] [--lanes 2] [--smoke]
+
+Why not `train_hf.py` here: a device session has a few minutes, and the Trainer's CPU data pipeline (PIL decode and
+torchvision transforms per image) feeds a GPU far slower than it trains. This script keeps every image on the GPU as
+uint8 (decoded once from the pack written by recipes/pack_device_data.py, the splits of `train_hf.py --dataset A B
+--drop_duplicates true`), and applies the same augmentation on whole batches (random resized crop, flips, rotation,
+the dermoscopy frame/vignette, hair-like lines, colour jitter, blur). The models are the project's own classes
+(`AsffResNetForImageClassification`), the colour constancy the processor's own function, and the shipped models are
+saved with `save_pretrained`; their calibration, OOD statistics and every reported metric are computed afterwards on
+the CPU, on the original images, with the project's tools (modeling.calibration, train_hf.py --do_eval_only).
+
+Each run writes its validation/test logits, per-epoch validation ROC AUC per source, fusion-weight statistics and
+the Grad-CAM frame share (share of CAM mass in the outer 1/8 frame, target = true class) to OUT. Selection (best
+epoch) uses only the validation splits of the sources a run trains on: the other source stays unseen."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modeling import AsffResNetConfig, AsffResNetForImageClassification  # noqa: E402
+from modeling.backbones import pretrained_backbone_defaults  # noqa: E402
+from modeling.image_processing_asff_resnet import shades_of_gray  # noqa: E402
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+BOTH = ("isic2020-part", "isic2019-part")
+
+
+@dataclass
+class Run:
+    name: str
+    sources: tuple[str, ...]  # the sources it trains (and selects) on
+    backbone: str = "resnet50"  # or "lite0" (ImageNet weights)
+    fusion: str = "channel"
+    seed: int = 1
+    color_constancy: bool = True
+    resize: str = "crop"
+    augmentation: str = "dermoscopy"
+    epochs: int = 25
+    lr: float = 1e-3
+    batch: int = 64
+    init_from: str | None = None  # another run's best weights (fine-tuning)
+    ship: bool = False  # return its weights
+    lane: int = 0
+
+
+def plan(smoke: bool, only: str | None = None, lanes: int = 3) -> list[Run]:
+    """In priority order within each lane (a lane runs its runs one after the other; lanes share the GPU)."""
+    lite = {"backbone": "lite0", "epochs": 12, "lr": 5e-4}
+    runs = [
+        # lane 0: ResNet-50 from scratch (the paper's architecture): both sources, then the cross-source table
+        Run("r50-both-channel", BOTH, ship=True, lane=0),
+        Run("r50-2020-channel", BOTH[:1], lane=0),
+        Run("r50-2019-channel", BOTH[1:], lane=0),
+        Run("r50-2019-finetune-channel", BOTH[1:], epochs=10, lr=3e-4, init_from="r50-2020-channel", lane=0),
+        Run("r50-2019-scratch10-channel", BOTH[1:], epochs=10, lane=0),
+        # lane 2: plain ResNet-50 (no fusion) for the same table
+        Run("r50-both-none", BOTH, fusion="none", lane=2),
+        Run("r50-2020-none", BOTH[:1], fusion="none", lane=2),
+        Run("r50-2019-none", BOTH[1:], fusion="none", lane=2),
+        # lane 1: EfficientNet-Lite0 from ImageNet: the shipped candidate, the fusion claim (2 seeds), ablations
+        Run("lite0-both-channel", BOTH, ship=True, lane=1, **lite),
+        Run("lite0-2020-channel-s1", BOTH[:1], lane=1, **lite),
+        Run("lite0-2020-none-s1", BOTH[:1], fusion="none", lane=1, **lite),
+        Run("lite0-2020-spatial-s1", BOTH[:1], fusion="spatial", lane=1, **lite),
+        Run("lite0-2020-channel-s2", BOTH[:1], seed=2, lane=1, **lite),
+        Run("lite0-2020-none-s2", BOTH[:1], fusion="none", seed=2, lane=1, **lite),
+        Run("lite0-2020-spatial-s2", BOTH[:1], fusion="spatial", seed=2, lane=1, **lite),
+        Run("lite0-both-none", BOTH, fusion="none", lane=1, **lite),
+        Run("lite0-both-spatial", BOTH, fusion="spatial", lane=1, **lite),
+        Run("lite0-both-channel-nocc", BOTH, color_constancy=False, lane=1, **lite),
+        Run("lite0-both-channel-standardaug", BOTH, augmentation="standard", lane=1, **lite),
+        Run("lite0-both-channel-squash", BOTH, resize="squash", lane=1, **lite),
+        Run("lite0-2019-channel", BOTH[1:], lane=1, **lite),
+        Run("lite0-both-channel-s2", BOTH, seed=2, lane=1, **lite),
+        Run("lite0-both-none-s2", BOTH, fusion="none", seed=2, lane=1, **lite),
+        Run("lite0-both-spatial-s2", BOTH, fusion="spatial", seed=2, lane=1, **lite),
+    ]
+    if smoke:
+        keep = {"r50-both-channel", "r50-2020-channel", "r50-2019-finetune-channel", "lite0-both-channel",
+                "lite0-2020-spatial-s1", "lite0-both-channel-squash", "lite0-both-channel-nocc"}
+        runs = [Run(**{**asdict(r), "epochs": 1, "batch": 8}) for r in runs if r.name in keep]
+    if only:  # a later session's follow-up: these runs, in this order, spread over the lanes
+        names = only.split(",")
+        unknown = set(names) - {r.name for r in runs}
+        if unknown:
+            raise SystemExit(f"unknown run(s) {sorted(unknown)}")
+        by_name = {r.name: r for r in runs}
+        runs = [Run(**{**asdict(by_name[n]), "lane": i % lanes}) for i, n in enumerate(names)]
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+
+def decode(blob: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(blob)) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def to_square(image: torch.Tensor, side: int, mode: str) -> torch.Tensor:
+    """The processor's resize on an image whose shortest edge is already `side`: centre crop, or the whole image
+    squashed (bicubic, antialiased)."""
+    height, width = image.shape[-2:]
+    if (height, width) == (side, side):
+        return image
+    if mode == "crop":
+        top, left = (height - side) // 2, (width - side) // 2
+        return image[:, top:top + side, left:left + side]
+    out = F.interpolate(image[None].float(), size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    return out[0].round().clamp(0, 255).to(torch.uint8)
+
+
+class Pack:
+    """The packed images, decoded once; square uint8 tensors per (colour constancy, resize mode) on demand."""
+
+    def __init__(self, folder: Path, smoke: bool):
+        meta = json.loads((folder / "index.json").read_text())
+        self.labels, self.side = meta["labels"], meta["side"]
+        items = meta["images"]
+        if smoke:  # a few images per source and split
+            seen: dict = {}
+            kept = []
+            for item in items:
+                key = (item["source"], item["split"], item["label"])
+                if seen.get(key, 0) < 6:
+                    seen[key] = seen.get(key, 0) + 1
+                    kept.append(item)
+            items = kept
+        self.items = items
+        blob = (folder / "images.bin").read_bytes()
+        with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
+            self.raw = list(pool.map(lambda it: decode(blob[it["offset"]:it["offset"] + it["length"]]), items))
+        self.ids = [it["id"] for it in items]
+        self.split = np.array([it["split"] for it in items])
+        self.source = np.array([it["source"] for it in items])
+        self.label = torch.tensor([it["label"] for it in items])
+        self._cache: dict = {}
+
+    def images(self, color_constancy: bool, resize: str) -> torch.Tensor:
+        key = (color_constancy, resize)
+        if key not in self._cache:
+            def prepare(image):
+                image = shades_of_gray(image, 6.0) if color_constancy else image  # first, as in the processor
+                return to_square(image, self.side, resize)
+            with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
+                self._cache[key] = torch.stack(list(pool.map(prepare, self.raw)))
+        return self._cache[key]
+
+    def rows(self, split: str, sources) -> np.ndarray:
+        return np.flatnonzero((self.split == split) & np.isin(self.source, list(sources)))
+
+
+# ---------------------------------------------------------------------------------------------------- augmentation
+
+def hair_bank(count: int, side: int, generator: torch.Generator) -> torch.Tensor:
+    """Masks of 1-8 thin quadratic Bezier curves (modeling.data.HairLines, drawn once for a bank)."""
+    masks = torch.zeros(count, side * side, dtype=torch.bool)
+    steps = torch.linspace(0, 1, 3 * side)[:, None]
+    for index in range(count):
+        for _ in range(int(torch.randint(1, 9, (), generator=generator))):
+            start, control, end = torch.rand(3, 2, generator=generator) * side
+            end = start + (end - start) * (0.3 + 0.7 * torch.rand((), generator=generator))
+            points = (1 - steps) ** 2 * start + 2 * (1 - steps) * steps * control + steps ** 2 * end
+            thickness = int(torch.randint(1, 3, (), generator=generator))
+            for dy in range(thickness):
+                for dx in range(thickness):
+                    ys, xs = (points[:, 0] + dy).round().long(), (points[:, 1] + dx).round().long()
+                    keep = (ys >= 0) & (ys < side) & (xs >= 0) & (xs < side)
+                    masks[index, ys[keep] * side + xs[keep]] = True
+    return masks.view(count, 1, side, side)
+
+
+def uniform(n: int, low: float, high: float, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, device=device)
+
+
+def augment(x: torch.Tensor, dermoscopy: bool, hairs: torch.Tensor) -> torch.Tensor:
+    """x: (B, 3, S, S) float in [0, 1] -> augmented, as build_transforms(train=True, strength=1) does per image:
+    random resized crop (scale 0.35-1), flips, rotation +-30 deg, [dermoscope frame, hair], colour jitter, [blur]."""
+    n, _, side, _ = x.shape
+    dev = x.device
+    area = uniform(n, 0.35, 1.0, dev)
+    log_ratio = math.log(4 / 3) * (2 if dermoscopy else 1)
+    ratio = torch.exp(uniform(n, -log_ratio, log_ratio, dev))
+    w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+    tx, ty = uniform(n, -1, 1, dev) * (1 - w), uniform(n, -1, 1, dev) * (1 - h)
+    angle = uniform(n, -math.pi / 6, math.pi / 6, dev)
+    fx = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+    fy = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos * w * fx, -sin * h * fy, tx], 1),
+                         torch.stack([sin * w * fx, cos * h * fy, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if dermoscopy:
+        coords = (torch.arange(side, device=dev, dtype=torch.float32) + 0.5)
+        radius = uniform(n, 0.35, 0.72, dev) * side
+        cy = side / 2 + uniform(n, -0.05, 0.05, dev) * side
+        cx = side / 2 + uniform(n, -0.05, 0.05, dev) * side
+        edge = (uniform(n, 0.01, 0.05, dev) * side).clamp(min=1)
+        distance = ((coords[None, :, None] - cy[:, None, None]) ** 2
+                    + (coords[None, None, :] - cx[:, None, None]) ** 2).sqrt()
+        inside = ((radius[:, None, None] - distance) / edge[:, None, None] + 0.5).clamp(0, 1)[:, None]
+        chosen = (torch.rand(n, device=dev) < 0.5)[:, None, None, None]
+        level = torch.randint(0, 41, (n, 1, 1, 1), device=dev) / 255
+        x = torch.where(chosen, x * inside + level * (1 - inside), x)
+        mask = hairs[torch.randint(0, len(hairs), (n,), device=dev)] & (torch.rand(n, device=dev) < 0.5)[
+            :, None, None, None]
+        level = torch.randint(0, 61, (n, 1, 1, 1), device=dev) / 255
+        colour = level * torch.tensor([1.0, 0.8, 0.6], device=dev)[None, :, None, None]
+        x = torch.where(mask, colour, x)
+    saturation, hue = (0.3, 0.06) if dermoscopy else (0.2, 0.02)
+    x = x * uniform(n, 0.8, 1.2, dev)[:, None, None, None]
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    x = (x - gray.mean((2, 3), keepdim=True)) * uniform(n, 0.8, 1.2, dev)[:, None, None, None] + gray.mean(
+        (2, 3), keepdim=True)
+    x = x.clamp(0, 1)
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    x = ((x - gray) * uniform(n, 1 - saturation, 1 + saturation, dev)[:, None, None, None] + gray).clamp(0, 1)
+    # hue: a rotation of the chroma plane (YIQ)
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
+    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
+    phi = uniform(n, -hue, hue, dev) * 2 * math.pi
+    i, q = yiq[:, 1], yiq[:, 2]
+    c, s = phi.cos()[:, None, None], phi.sin()[:, None, None]
+    yiq = torch.stack([yiq[:, 0], i * c - q * s, i * s + q * c], 1)
+    x = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
+    if dermoscopy:  # Gaussian blur, p = 0.3, sigma 0.1-1.5, kernel side // 32 * 2 + 1
+        chosen = torch.rand(n, device=dev) < 0.3
+        if chosen.any():
+            k = 2 * max(1, side // 32) + 1
+            sigma = uniform(int(chosen.sum()), 0.1, 1.5, dev)
+            offsets = torch.arange(k, device=dev, dtype=torch.float32) - k // 2
+            kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
+            kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (m*3, k)
+            sub = x[chosen].reshape(1, -1, side, side)
+            sub = F.conv2d(F.pad(sub, (k // 2, k // 2, 0, 0), mode="reflect"), kernel[:, None, None, :],
+                           groups=sub.shape[1])
+            sub = F.conv2d(F.pad(sub, (0, 0, k // 2, k // 2), mode="reflect"), kernel[:, None, :, None],
+                           groups=sub.shape[1])
+            x = x.clone()
+            x[chosen] = sub.reshape(-1, 3, side, side)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+def build(run: Run, labels: list[str], side: int, lite_backbone: Path | None):
+    id2label = dict(enumerate(labels))
+    kwargs = {"fusion_mode": run.fusion, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
+              "image_size": side}
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if run.backbone == "lite0":
+        defaults = pretrained_backbone_defaults("efficientnet-lite0")
+        kwargs["backbone"] = defaults["backbone"]
+        mean, std = defaults["image_mean"], defaults["image_std"]
+    model = AsffResNetForImageClassification(AsffResNetConfig(**kwargs))
+    if run.backbone == "lite0":
+        from safetensors.torch import load_file
+
+        # the official ImageNet weights, mapped by modeling.backbones (recipes/pack_device_data.py --lite_backbone)
+        model.asff_resnet.backbone.load_state_dict({k: v.float() for k, v in load_file(str(lite_backbone)).items()},
+                                                   strict=True)
+    return model, mean, std
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device)[None, :, None, None]
+    s = torch.tensor(std, device=x.device)[None, :, None, None]
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, mean, std, batch: int = 256) -> tuple[np.ndarray, list]:
+    model.eval()
+    logits, weights = [], []
+    for start in range(0, len(images), batch):
+        x = normalise(images[start:start + batch].float() / 255, mean, std)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+            out = model(pixel_values=x)
+        logits.append(out.logits.float().cpu())
+        if out.fusion_weights is not None:
+            weights.append(out.fusion_weights.float().cpu())
+    return torch.cat(logits).numpy(), weights
+
+
+def fusion_summary(weights: list, fusion: str) -> dict | None:
+    """What the learned fusion weights do on the evaluated images. channel: a softmax over channels (w for the low
+    level, 1 - w for the high): how concentrated it is (largest weight, effective number of channels). spatial:
+    the mean share of the low level (stage3-like) per pixel."""
+    if not weights:
+        return None
+    w = torch.cat(weights)
+    if fusion == "channel":
+        entropy = -(w.clamp_min(1e-12) * w.clamp_min(1e-12).log()).sum(1)
+        top = w.max(1).values
+        return {"channels": w.shape[1], "max_weight_mean": float(top.mean()), "max_weight_median": float(
+            top.median()), "effective_channels_mean": float(entropy.exp().mean()),
+                "top_channel_mode_share": float((w.argmax(1) == w.argmax(1).mode().values).float().mean())}
+    low = w[:, 0]
+    return {"low_level_share_mean": float(low.mean()), "low_level_share_std_over_pixels": float(
+        low.flatten(1).std(1).mean())}
+
+
+def frame_shares(model, images: torch.Tensor, labels: torch.Tensor, mean, std, batch: int = 64) -> list[float]:
+    """Grad-CAM at the fused map (the app's default target), raw (no min-max), upsampled to the input; the share of
+    its mass in the outer 1/8 of each side; target = the true class. NaN for an all-zero map."""
+    model.eval()
+    layer = model.asff_resnet.fusion_output
+    store = {}
+
+    def hook(_module, _inputs, output):
+        output.retain_grad()
+        store["a"] = output
+
+    handle = layer.register_forward_hook(hook)
+    shares = []
+    try:
+        for start in range(0, len(images), batch):
+            x = normalise(images[start:start + batch].float() / 255, mean, std)
+            y = labels[start:start + batch].to(x.device)
+            model.zero_grad(set_to_none=True)
+            out = model(pixel_values=x)  # float32: gradients of a bf16 map are coarse
+            out.logits.gather(1, y[:, None]).sum().backward()
+            act, grad = store["a"], store["a"].grad
+            cam = torch.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+            side = x.shape[-1]
+            cam = F.interpolate(cam, size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+            f = side // 8
+            total = cam.sum((1, 2))
+            inner = cam[:, f:side - f, f:side - f].sum((1, 2))
+            share = torch.where(total > 0, (total - inner) / total.clamp_min(1e-30), torch.nan)
+            shares.extend(share.detach().cpu().tolist())
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    return shares
+
+
+# ------------------------------------------------------------------------------------------------------- training
+
+def train(run: Run, pack: Pack, device, out: Path, deadline: float, lite_backbone: Path | None) -> dict:
+    torch.manual_seed(run.seed)
+    np.random.seed(run.seed)
+    model, mean, std = build(run, pack.labels, pack.side, lite_backbone)
+    if run.init_from:
+        from safetensors.torch import load_file
+
+        state = load_file(str(out / "weights" / f"{run.init_from}.safetensors"))
+        model.load_state_dict(state, strict=True)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    images = pack.images(run.color_constancy, run.resize).to(device)
+    labels = pack.label.to(device)
+    train_rows = torch.from_numpy(pack.rows("train", run.sources)).to(device)
+    val_by_source = {s: pack.rows("validation", [s]) for s in BOTH}
+    hairs = hair_bank(256, pack.side, torch.Generator().manual_seed(run.seed)).to(device)
+    steps_per_epoch = max(1, len(train_rows) // run.batch)
+    total = steps_per_epoch * run.epochs
+    warmup = max(1, int(0.1 * total))
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0}],
+                                  lr=run.lr, fused=device.type == "cuda")
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / max(1, total - warmup)))))
+    history, best, best_state, best_epoch = [], -1.0, None, 0
+    started = time.time()
+    stopped_early = False
+    for epoch in range(run.epochs):
+        model.train()
+        order = train_rows[torch.randperm(len(train_rows), device=device)]
+        losses = []
+        for step in range(steps_per_epoch):
+            rows = order[step * run.batch:(step + 1) * run.batch]
+            x = augment(images[rows].float() / 255, run.augmentation == "dermoscopy", hairs)
+            x = normalise(x, mean, std)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(pixel_values=x).logits
+            loss = F.cross_entropy(logits.float(), labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.detach())
+        val = {}
+        for source, rows in val_by_source.items():
+            if len(rows):
+                logits, _ = predict(model, images[torch.from_numpy(rows).to(device)], mean, std)
+                scores = torch.softmax(torch.from_numpy(logits), 1)[:, 1].numpy()
+                val[source] = roc_auc(pack.label[rows].numpy(), scores)
+        selection = float(np.nan_to_num(np.mean([val[s] for s in run.sources if s in val])))
+        history.append({"epoch": epoch + 1, "loss": float(torch.stack(losses).mean()), "val_roc_auc": val,
+                        "selection": selection, "elapsed_s": round(time.time() - started, 1)})
+        print(f"[{run.name}] epoch {epoch + 1}/{run.epochs} loss {history[-1]['loss']:.4f} val {val} "
+              f"({history[-1]['elapsed_s']} s)", flush=True)
+        if best_state is None or selection > best:
+            best = selection
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_epoch = epoch + 1
+        if time.time() > deadline and epoch + 1 < run.epochs:
+            stopped_early = True
+            print(f"[{run.name}] deadline: stopping after epoch {epoch + 1}", flush=True)
+            break
+    model.load_state_dict(best_state)
+    evaluated = np.concatenate([pack.rows("validation", BOTH), pack.rows("test", BOTH)])
+    logits, weights = predict(model, images[torch.from_numpy(evaluated).to(device)], mean, std)
+    shares = frame_shares(model, images[torch.from_numpy(pack.rows("test", BOTH)).to(device)],
+                          pack.label[pack.rows("test", BOTH)], mean, std)
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous().cpu() for k, v in best_state.items()},
+              str(out / "weights" / f"{run.name}.safetensors"))
+    if run.ship:
+        model.cpu().save_pretrained(out / "models" / run.name)
+    return {"run": asdict(run), "best_epoch": best_epoch, "best_selection": best, "history": history,
+            "stopped_early": stopped_early, "train_s": round(time.time() - started, 1),
+            "train_images": int(len(train_rows)), "ids": [pack.ids[i] for i in evaluated],
+            "splits": pack.split[evaluated].tolist(), "sources": pack.source[evaluated].tolist(),
+            "labels": pack.label[evaluated].tolist(), "logits": np.round(logits, 5).tolist(),
+            "fusion": fusion_summary(weights, run.fusion), "frame_share_test": [round(s, 5) for s in shares],
+            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
+
+
+def lane_main(args) -> None:
+    out = Path(args.workdir)
+    deadline = float(args.deadline_at)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    pack = Pack(Path(args.pack), args.smoke)
+    lite = Path(args.pack) / "lite0_backbone.safetensors"
+    for run in [r for r in plan(args.smoke, args.runs, args.lanes) if r.lane == args.lane]:
+        estimate = args.epoch_s.get(run.backbone, 5.0) * run.epochs * (2 if len(run.sources) == 2 else 1)
+        if time.time() + 0.5 * estimate > deadline:
+            print(f"[{run.name}] skipped: not enough time left", flush=True)
+            continue
+        if run.init_from and not (out / "weights" / f"{run.init_from}.safetensors").exists():
+            print(f"[{run.name}] skipped: {run.init_from} did not finish", flush=True)
+            continue
+        result = train(run, pack, device, out, deadline, lite)
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        (out / "runs" / f"{run.name}.json").write_text(json.dumps(result))
+
+
+def pack_weights(models: Path, out: Path, chunk: int = 15 * 2**20) -> list[str]:
+    """The shipped models' weights as float16, byte planes split and zlib-compressed, in chunks under the device's
+    16 MiB per-file limit (reassemble with recipes/unpack_device_models.py)."""
+    from safetensors.torch import load_file, save_file
+
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in sorted(p for p in models.iterdir() if p.is_dir()):
+        state = load_file(str(folder / "model.safetensors"))
+        half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+        save_file(half, str(folder / "model.fp16.safetensors"))
+        raw = (folder / "model.fp16.safetensors").read_bytes()
+        size = len(raw)
+        planes = np.frombuffer(raw + b"\0" * (size % 2), dtype=np.uint8).reshape(-1, 2)
+        payload = zlib.compress(planes[:, 0].tobytes(), 6), zlib.compress(planes[:, 1].tobytes(), 6)
+        header = json.dumps({"name": folder.name, "size": size,
+                             "planes": [len(p) for p in payload],
+                             "config": json.loads((folder / "config.json").read_text())}).encode()
+        blob = len(header).to_bytes(8, "little") + header + payload[0] + payload[1]
+        for index in range(0, len(blob), chunk):
+            name = f"{folder.name}.part{index // chunk}"
+            (out / name).write_bytes(blob[index:index + chunk])
+            written.append(name)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pack", default=".devpack")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workdir", default=".devout")
+    parser.add_argument("--deadline_s", type=float, default=480)
+    parser.add_argument("--lanes", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--runs", default=None, help="comma-separated run names (default: the whole plan)")
+    parser.add_argument("--lane", type=int, default=None)
+    parser.add_argument("--deadline_at", type=float, default=None)
+    args = parser.parse_args()
+    # seconds per epoch of one source (about 2,240 images) at 224 px, for skipping runs that cannot finish
+    args.epoch_s = {"resnet50": 1.5, "lite0": 1.0} if torch.cuda.is_available() else {"resnet50": 60, "lite0": 20}
+    if args.lane is not None:
+        return lane_main(args)
+    started = time.time()
+    workdir = Path(args.workdir)
+    if workdir.exists():  # a fresh sweep: nothing from an earlier one is reported
+        import shutil
+
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    deadline_at = started + args.deadline_s
+    lanes = [subprocess.Popen([sys.executable, __file__, "--pack", args.pack, "--out", args.out, "--workdir",
+                               args.workdir, "--lane", str(lane), "--deadline_at", str(deadline_at),
+                               "--lanes", str(args.lanes)]
+                              + (["--smoke"] if args.smoke else []) + (["--runs", args.runs] if args.runs else []))
+             for lane in range(args.lanes)]
+    codes = [lane.wait() for lane in lanes]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((workdir / "runs").glob("*.json"))}
+    summary = {"lanes_exit_codes": codes, "wall_s": round(time.time() - started, 1),
+               "torch": torch.__version__, "runs": results}
+    (out / "sweep_results.json.gz").write_bytes(zlib.compress(json.dumps(summary).encode(), 6))
+    written = pack_weights(workdir / "models", out) if (workdir / "models").exists() else []
+    print(json.dumps({"runs": {k: {"best_epoch": v["best_epoch"], "selection": round(v["best_selection"], 4),
+                                   "train_s": v["train_s"]} for k, v in results.items()},
+                      "files": written, "wall_s": summary["wall_s"], "exit_codes": codes}, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

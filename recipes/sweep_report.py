@@ -1,0 +1,211 @@
+"""Tables of a recipes/gpu_sweep.py session: cross-source results, the fusion claim with paired bootstrap differences,
+the ablations, the fine-tuning recipe and the learned fusion weights.
+
+    python recipes/sweep_report.py results/gpu-sweep/raw/*.json.gz --out results/gpu-sweep
+
+Every probability is the softmax of the run's logits (no temperature); each run's decision threshold is chosen on
+the validation split(s) of the sources it trained on (Youden), never on test. ROC AUC needs no threshold. Each
+interval is a 95 % percentile bootstrap over images (modeling.metrics.statistics)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+from scipy.special import softmax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modeling.metrics.statistics import bootstrap_ci, choose_threshold, paired_bootstrap  # noqa: E402
+from modeling.report import format_interval, format_number  # noqa: E402
+
+SETS = {"isic2020-part test": ("test", "isic2020-part"), "isic2019-part validation": ("validation", "isic2019-part"),
+        "isic2020-part validation": ("validation", "isic2020-part")}
+TRAINED_ON = {("isic2020-part",): "isic2020-part", ("isic2019-part",): "isic2019-part",
+              ("isic2020-part", "isic2019-part"): "both"}
+
+
+def load(paths: list[str]) -> dict[str, dict]:
+    runs: dict[str, dict] = {}
+    for path in paths:
+        runs.update(json.loads(zlib.decompress(Path(path).read_bytes()))["runs"])
+    return runs
+
+
+def rows(run: dict, split: str, source: str) -> np.ndarray:
+    return np.flatnonzero((np.array(run["splits"]) == split) & (np.array(run["sources"]) == source))
+
+
+def probs(run: dict) -> np.ndarray:
+    return softmax(np.asarray(run["logits"], dtype=np.float64), axis=1)
+
+
+def threshold(run: dict) -> float:
+    index = np.concatenate([rows(run, "validation", s) for s in run["run"]["sources"]])
+    return choose_threshold(np.asarray(run["labels"])[index], probs(run)[index], "youden")
+
+
+def evaluate(run: dict) -> dict:
+    labels, p, t = np.asarray(run["labels"]), probs(run), threshold(run)
+    result = {"threshold": t}
+    for name, (split, source) in SETS.items():
+        index = rows(run, split, source)
+        ci = bootstrap_ci(labels[index], p[index], threshold=t, n_resamples=1000)
+        from modeling.metrics.statistics import _batched_metrics
+
+        point = {k: float(v[0]) for k, v in _batched_metrics(labels[index], p[index].astype(np.float32), t,
+                                                            np.arange(len(index))[None]).items()}
+        result[name] = {"n": int(len(index)), "roc_auc": point["roc_auc"], "roc_auc_ci95": ci["roc_auc"],
+                        "accuracy": point["accuracy"], "accuracy_ci95": ci["accuracy"],
+                        "sensitivity": point["recall"], "specificity": point["specificity"]}
+    shares = np.asarray(run["frame_share_test"], dtype=float)
+    shares = shares[np.isfinite(shares)]
+    rng = np.random.default_rng(0)
+    means = [shares[rng.integers(0, len(shares), len(shares))].mean() for _ in range(1000)]
+    result["frame_share"] = {"n": int(len(shares)), "mean": float(shares.mean()), "median": float(np.median(shares)),
+                             "mean_ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+    return result
+
+
+def cell(metrics: dict, name: str, key: str = "roc_auc") -> str:
+    m = metrics[name]
+    return f"{format_number(m[key])} {format_interval(m[key + '_ci95'], 2)}"
+
+
+def difference(a: dict, b: dict, set_name: str, metric: str = "roc_auc") -> str:
+    split, source = SETS[set_name]
+    index = rows(a, split, source)
+    if [a["ids"][i] for i in index] != [b["ids"][i] for i in rows(b, split, source)]:
+        raise ValueError("the two runs were evaluated on different images")
+    d = paired_bootstrap(np.asarray(a["labels"])[index], probs(a)[index], probs(b)[rows(b, split, source)],
+                         threshold(a), threshold(b), n_resamples=2000)[metric]
+    return f"{d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
+def describe(run: dict) -> str:
+    r = run["run"]
+    epochs = f"{run['best_epoch']}/{r['epochs']}" + (" (stopped by the time limit)" if run["stopped_early"] else "")
+    return epochs
+
+
+def tables(runs: dict[str, dict]) -> str:
+    metrics = {name: evaluate(run) for name, run in runs.items()}
+    out = []
+    head = ("| model | init | trained on | best epoch | isic2020-part test ROC AUC | isic2020-part test acc. | "
+            "isic2019-part val. ROC AUC | isic2019-part val. acc. | CAM frame share (2020 test) |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    out += ["## Cross-source results", "",
+            "Same recipe per backbone; best epoch chosen on the validation split(s) of the training source(s) only. "
+            "A source not trained on is unseen (its cells in *italics*). The isic2019-part validation split also "
+            "chose the epoch of runs trained on it, so its numbers there are slightly optimistic.", "", head]
+    order = [n for n in runs if "-s2" not in n and not any(x in n for x in ("nocc", "standardaug", "squash",
+                                                                              "finetune", "scratch10"))]
+    order.sort(key=lambda n: (runs[n]["run"]["backbone"], runs[n]["run"]["fusion"], len(runs[n]["run"]["sources"]),
+                              runs[n]["run"]["sources"][0]))
+    for name in order:
+        r, m = runs[name]["run"], metrics[name]
+        trained = TRAINED_ON[tuple(r["sources"])]
+        c2020 = [cell(m, "isic2020-part test"), cell(m, "isic2020-part test", "accuracy")]
+        c2019 = [cell(m, "isic2019-part validation"), cell(m, "isic2019-part validation", "accuracy")]
+        if "isic2020-part" not in r["sources"]:
+            c2020 = [f"*{c}*" for c in c2020]
+        if "isic2019-part" not in r["sources"]:
+            c2019 = [f"*{c}*" for c in c2019]
+        fs = m["frame_share"]
+        out.append(f"| {'ResNet-50' if r['backbone'] == 'resnet50' else 'EfficientNet-Lite0'} {r['fusion']} | "
+                   f"{'scratch' if r['backbone'] == 'resnet50' else 'ImageNet'} | {trained} | {describe(runs[name])} | "
+                   + " | ".join(c2020 + c2019) + f" | {fs['mean']:.3f} [{fs['mean_ci95'][0]:.2f}, "
+                   f"{fs['mean_ci95'][1]:.2f}] |")
+
+    def pairs(title: str, note: str, comparisons: list[tuple[str, str, str]], sets=("isic2020-part test",
+                                                                                      "isic2019-part validation")):
+        present = [(label, a, b) for label, a, b in comparisons if a in runs and b in runs]
+        if not present:
+            return
+        out.extend(["", f"## {title}", "", note, "",
+                    "| comparison | " + " | ".join(f"Δ ROC AUC, {s}" for s in sets) + " | "
+                    + " | ".join(f"Δ acc., {s}" for s in sets) + " |",
+                    "|---|" + "---|" * (2 * len(sets))])
+        for label, a, b in present:
+            out.append(f"| {label} | " + " | ".join(difference(runs[a], runs[b], s) for s in sets) + " | "
+                       + " | ".join(difference(runs[a], runs[b], s, "accuracy") for s in sets) + " |")
+
+    pairs("The fusion claim, paired", "A minus B on the same images (paired bootstrap over images, 2,000 "
+          "resamples); an interval that holds 0 is no evidence either way.", [
+              ("Lite0 (ImageNet), ISIC-2020: channel − none, seed 1", "lite0-2020-channel-s1", "lite0-2020-none-s1"),
+              ("Lite0 (ImageNet), ISIC-2020: channel − none, seed 2", "lite0-2020-channel-s2", "lite0-2020-none-s2"),
+              ("Lite0 (ImageNet), ISIC-2020: spatial − none, seed 1", "lite0-2020-spatial-s1", "lite0-2020-none-s1"),
+              ("Lite0 (ImageNet), ISIC-2020: spatial − none, seed 2", "lite0-2020-spatial-s2", "lite0-2020-none-s2"),
+              ("Lite0 (ImageNet), both: channel − none, seed 1", "lite0-both-channel", "lite0-both-none"),
+              ("Lite0 (ImageNet), both: channel − none, seed 2", "lite0-both-channel-s2", "lite0-both-none-s2"),
+              ("Lite0 (ImageNet), both: spatial − none, seed 1", "lite0-both-spatial", "lite0-both-none"),
+              ("ResNet-50 (scratch), ISIC-2020: channel − none", "r50-2020-channel", "r50-2020-none"),
+              ("ResNet-50 (scratch), ISIC-2019: channel − none", "r50-2019-channel", "r50-2019-none"),
+              ("ResNet-50 (scratch), both: channel − none", "r50-both-channel", "r50-both-none"),
+          ])
+    pairs("Ablations (EfficientNet-Lite0, ImageNet, both sources, channel fusion)",
+          "Each row changes one thing of the base recipe (Shades-of-Gray colour constancy, dermoscopy augmentation, "
+          "shortest edge + centre crop) and is compared with the base run of the same seed; the last row is the "
+          "base recipe with another seed, the size of a difference that means nothing.", [
+              ("no colour constancy − base", "lite0-both-channel-nocc", "lite0-both-channel"),
+              ("standard augmentation − base (dermoscopy)", "lite0-both-channel-standardaug", "lite0-both-channel"),
+              ("squash (whole image) − base (crop)", "lite0-both-channel-squash", "lite0-both-channel"),
+              ("base seed 2 − base seed 1", "lite0-both-channel-s2", "lite0-both-channel"),
+          ])
+    pairs("Fine-tuning onto a new source (ResNet-50, isic2019-part)",
+          "Fine-tuning = the ISIC-2020 model of the table above (r50-2020-channel) trained 10 more epochs on "
+          "isic2019-part at lr 3e-4; scratch = the same 10 epochs from random weights at lr 1e-3; scratch 25 = the "
+          "table's isic2019-part run (2.5× the budget).", [
+              ("fine-tuned (10 ep) − scratch (10 ep)", "r50-2019-finetune-channel", "r50-2019-scratch10-channel"),
+              ("fine-tuned (10 ep) − scratch (25 ep)", "r50-2019-finetune-channel", "r50-2019-channel"),
+          ], sets=("isic2019-part validation", "isic2020-part test"))
+    out += ["", "## Every run", "", "| run | trained on | init | fusion | colour constancy | augmentation | resize | "
+            "epochs (best/run) | lr | train s | isic2020-part val. ROC AUC | isic2020-part test ROC AUC | "
+            "isic2019-part val. ROC AUC | frame share |", "|---|" + "---|" * 13]
+    for name, run in runs.items():
+        r, m = run["run"], metrics[name]
+        out.append(f"| {name} | {TRAINED_ON[tuple(r['sources'])]} | "
+                   f"{r['init_from'] or ('ImageNet' if r['backbone'] == 'lite0' else 'scratch')} | {r['fusion']} | "
+                   f"{'yes' if r['color_constancy'] else 'no'} | {r['augmentation']} | {r['resize']} | "
+                   f"{describe(run)} | {r['lr']:g} | {run['train_s']:.0f} | "
+                   f"{cell(m, 'isic2020-part validation')} | {cell(m, 'isic2020-part test')} | "
+                   f"{cell(m, 'isic2019-part validation')} | {m['frame_share']['mean']:.3f} |")
+    out += ["", "## Fusion weights", "", "Channel fusion: a softmax over the fused channels weighs the low level (w) "
+            "against the high level (1 − w), so each w is about 1/C unless the softmax concentrates. Averaged over "
+            "the evaluated images (isic2020-part validation + test, isic2019-part validation).", "",
+            "| run | channels C | largest w (mean / median) | effective channels exp(H) | images sharing the top "
+            "channel |", "|---|---|---|---|---|"]
+    for name, run in runs.items():
+        f = run.get("fusion")
+        if f and "channels" in f:
+            out.append(f"| {name} | {f['channels']} | {f['max_weight_mean']:.3f} / {f['max_weight_median']:.3f} | "
+                       f"{f['effective_channels_mean']:.1f} | {f['top_channel_mode_share']:.2f} |")
+    out += ["", "| run (spatial fusion) | mean share of the low level | its spread over pixels (std) |",
+            "|---|---|---|"]
+    for name, run in runs.items():
+        f = run.get("fusion")
+        if f and "low_level_share_mean" in f:
+            out.append(f"| {name} | {f['low_level_share_mean']:.3f} | {f['low_level_share_std_over_pixels']:.3f} |")
+    return "\n".join(out) + "\n", metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+")
+    parser.add_argument("--out", default="results/gpu-sweep")
+    args = parser.parse_args()
+    runs = load(args.results)
+    text, metrics = tables(runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text(text)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
