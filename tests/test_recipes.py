@@ -75,3 +75,18 @@ def test_gpu_recipe_leaves_the_devices_alone_without_nvidia_smi_or_when_chosen(t
     chosen = recorded_commands("isic2020_gpu224.sh", tmp_path / "b", {"BF16": "false", "CUDA_VISIBLE_DEVICES": "3"},
                                gpus=2)
     assert train_devices(chosen) == ["3"] * 3
+
+
+def test_finetune_recipe_compares_fine_tuning_with_scratch_under_one_budget(tmp_path):
+    commands = recorded_commands("finetune_isic2019.sh", tmp_path, {"EPOCHS": "3", "EXTRA": "--max_train_samples 40"})
+    runs = train_commands(commands)
+    assert len(runs) == 2
+    parsed = [parse_args(c[1:]) for c in runs]
+    (tuned, tuned_data, tuned_args), (scratch, scratch_data, scratch_args) = parsed
+    assert tuned.model_name_or_path == "checkpoints/asff-resnet50-isic2020" and scratch.model_name_or_path is None
+    for model_args, data_args, args in parsed:  # the same budget, data and split
+        assert args.num_train_epochs == 3 and data_args.max_train_samples == 40
+        assert data_args.test_fraction == 0.15 and data_args.split_seed == 42 and data_args.drop_duplicates
+        assert model_args.image_size == 224 and args.per_device_train_batch_size == 32
+    assert (tuned_args.learning_rate, scratch_args.learning_rate) == (3e-4, 1e-3)
+    assert commands[-1][:2] == ["-m", "modeling.compare"]
