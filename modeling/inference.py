@@ -1,6 +1,9 @@
 """Inference for the app, the batch CLI and the pipeline: loading a saved classifier, calibrated probabilities (with
 optional test-time augmentation and its spread), the thresholded decision, the out-of-distribution flag, batches and
-CSV. The decision rule itself lives in `modeling.decision`; its settings in the model's config."""
+CSV. The decision rule itself lives in `modeling.decision`; its settings in the model's config.
+
+Predictions run on the torch model, or on an onnxruntime graph of it (`backend`, an `OnnxClassifier` from
+`modeling.onnx_runtime.load_backend`): the same outputs, decided by the same rule from the same config."""
 
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from . import AsffResNetConfig  # noqa: F401  (importing the package registers t
 from .decision import calibrated_probabilities, decide, decision_threshold, temperature
 from .image_utils import ImageLoadError, ImageSource, load_image
 from .model_card import read_model_card
+from .onnx_runtime import OnnxClassifier, backend_name
 
 OOD_WARNING = ("This does not look like a dermoscopic image of a skin lesion; the prediction is not meaningful.")
 # Grad-CAM hooks a module of the shared model, so a concurrent forward would leak into its activations; and on
-# CPU two forwards at once are no faster than one after the other. One lock serialises every forward.
+# CPU two forwards at once are no faster than one after the other. One lock serialises every forward (onnxruntime's
+# too: it uses the same cores).
 MODEL_LOCK = threading.Lock()
 
 
@@ -166,12 +171,14 @@ class BatchOutput:
     ood_scores: torch.Tensor | None  # (B,), of the original view
 
 
-def run_model(model: nn.Module, pixel_values: torch.Tensor, tta: bool = False) -> BatchOutput:
-    """One forward over a batch (all views at once with `tta`)."""
+def run_model(model: nn.Module, pixel_values: torch.Tensor, tta: bool = False,
+              backend: OnnxClassifier | None = None) -> BatchOutput:
+    """One forward over a batch (all views at once with `tta`), on `backend` (an onnxruntime graph of `model`) when
+    given, else on the torch model."""
     batch = pixel_values.shape[0]
     inputs = torch.cat([tta_views(x[None]) for x in pixel_values]) if tta else pixel_values
     with MODEL_LOCK, torch.no_grad():
-        output = model(pixel_values=inputs.to(device_of(model)))
+        output = model(pixel_values=inputs.to(device_of(model))) if backend is None else backend(pixel_values=inputs)
     logits = getattr(output, "logits", output)
     probs = calibrated_probabilities(logits.cpu(), temperature(model.config))
     views = probs.view(batch, -1, probs.shape[-1])
@@ -181,9 +188,10 @@ def run_model(model: nn.Module, pixel_values: torch.Tensor, tta: bool = False) -
     return BatchOutput(views.mean(1), views if tta else None, scores)
 
 
-def probabilities(model: nn.Module, pixel_values: torch.Tensor, tta: bool = False) -> torch.Tensor:
+def probabilities(model: nn.Module, pixel_values: torch.Tensor, tta: bool = False,
+                  backend: OnnxClassifier | None = None) -> torch.Tensor:
     """(B, num_labels) calibrated probabilities; with `tta`, averaged over the views of `tta_views`."""
-    return run_model(model, pixel_values, tta).probs
+    return run_model(model, pixel_values, tta, backend).probs
 
 
 def make_prediction(model: nn.Module, probs: torch.Tensor, threshold: float | None = None,
@@ -204,14 +212,15 @@ def make_prediction(model: nn.Module, probs: torch.Tensor, threshold: float | No
 
 
 def predict(model: nn.Module, processor, image: ImageSource, tta: bool = False,
-            threshold: float | None = None) -> Prediction:
-    """Calibrated probabilities, decision, OOD flag (and TTA spread) for one image (any input `load_image` takes)."""
-    out = run_model(model, pixel_values(processor, load_image(image)), tta)
+            threshold: float | None = None, backend: OnnxClassifier | None = None) -> Prediction:
+    """Calibrated probabilities, decision, OOD flag (and TTA spread) for one image (any input `load_image` takes);
+    on `backend` (onnxruntime) when given, else torch."""
+    out = run_model(model, pixel_values(processor, load_image(image)), tta, backend)
     return make_prediction(model, out.probs[0], threshold, None if out.view_probs is None else out.view_probs[0],
                            None if out.ood_scores is None else out.ood_scores[0])
 
 
-CSV_SETTINGS = ("model", "threshold", "tta")
+CSV_SETTINGS = ("model", "threshold", "tta", "backend")
 
 
 def predict_batch(
@@ -224,18 +233,20 @@ def predict_batch(
     names: Sequence[str] | None = None,
     progress: Callable[[int], Any] | None = None,
     model_id: str | None = None,
+    backend: OnnxClassifier | None = None,
 ) -> list[dict[str, Any]]:
     """One row per file: `file` (`names`, e.g. paths relative to the folder; else the paths), `label`, `p_<label>` per
     class, `p_spread` (TTA), `in_distribution`, `ood_score`, `error` (empty when fine) and the settings that produced
-    it (`model`, `threshold`, `tta`). A file that cannot be read gets its error and empty values; the others are still
-    processed, out-of-distribution images included (flagged, not refused). `progress(n)` follows every chunk."""
+    it (`model`, `threshold`, `tta`, `backend`: torch, or onnx / onnx-int8 when `backend` runs it). A file that
+    cannot be read gets its error and empty values; the others are still processed, out-of-distribution images
+    included (flagged, not refused). `progress(n)` follows every chunk."""
     threshold = decision_threshold(model.config) if threshold is None else float(threshold)
     id2label = model.config.id2label
     names = [str(p) for p in paths] if names is None else list(names)
     if len(names) != len(paths):
         raise ValueError(f"{len(names)} names for {len(paths)} files")
     settings = {"model": model_id or model_name(getattr(model, "name_or_path", "") or "model"),
-                "threshold": round(threshold, 6), "tta": bool(tta)}
+                "threshold": round(threshold, 6), "tta": bool(tta), "backend": backend_name(backend)}
     rows = []
     for start in range(0, len(paths), batch_size):
         chunk = list(zip(names[start : start + batch_size], paths[start : start + batch_size], strict=True))
@@ -250,7 +261,7 @@ def predict_batch(
             except ImageLoadError as error:
                 row["error"] = str(error)
         if tensors:
-            out = run_model(model, torch.cat(tensors), tta)
+            out = run_model(model, torch.cat(tensors), tta, backend)
             for i, row in enumerate(ok_rows):
                 result = make_prediction(model, out.probs[i], threshold,
                                          None if out.view_probs is None else out.view_probs[i],

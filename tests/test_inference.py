@@ -202,8 +202,10 @@ def test_cli_writes_csv(tiny_model_dir, tmp_path, bad_files, capsys):
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 5 and list(rows[0]) == ["file", "label", "p_benign", "p_malignant", "p_spread",
-                                                "in_distribution", "ood_score", "error", "model", "threshold", "tta"]
+                                                "in_distribution", "ood_score", "error", "model", "threshold", "tta",
+                                                "backend"]
     assert all(r["model"] == tiny_model_dir.name and r["threshold"] == "0.4" and r["tta"] == "True" for r in rows)
+    assert all(r["backend"] == "torch" for r in rows)  # the directory has no ONNX files
     assert {r["file"] for r in rows} >= {"test/broken.jpg", "test/benign/0.jpg", "test/malignant/1.jpg"}
     broken = next(r for r in rows if r["file"] == "test/broken.jpg")
     assert "not an image" in broken["error"]

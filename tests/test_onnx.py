@@ -1,0 +1,317 @@
+"""ONNX export and onnxruntime inference (issue 13), on tiny models: the Hub layout (onnx/model.onnx, float32, and
+onnx/model_quantized.onnx, int8) with a dynamic batch axis, the processor's input size and the opset recorded; the
+same probabilities (float32) and decisions as PyTorch through `predict` / `predict_batch` / the batch CLI; the backend
+chosen (fastest available, torch with a log line when there is none); files that do not match the model refused;
+the float32 graph made on first use into the cache; a timm backbone. The reference checkpoint's committed int8 file
+is checked in the slow tests (real images)."""
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from app_fixtures import calibrated_tiny_model
+from helpers import lesion_image, make_image_folder
+
+from modeling import AsffResNetConfig, AsffResNetForImageClassification
+from modeling.image_processing import build_image_processor
+from modeling.inference import load_classifier, predict, predict_batch
+from modeling.onnx_export import (
+    OPSET,
+    ExportVerificationError,
+    export_onnx,
+    float_nodes,
+    int8_failure,
+    ood_only_nodes,
+    write_card_section,
+)
+from modeling.onnx_runtime import (
+    OnnxMismatchError,
+    OnnxUnavailableError,
+    cached_path,
+    load_backend,
+    weights_fingerprint,
+)
+from modeling.predict import main as predict_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "checkpoints" / "asff-resnet50-isic2020"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """The calibrated tiny channel model (OOD score, fitted threshold) with its ONNX files, exported on generated
+    images through the CLI."""
+    from modeling.export import main as export_cli
+
+    model_dir = tmp_path_factory.mktemp("onnx_model") / "tiny-onnx"
+    shutil.copytree(calibrated_tiny_model(tmp_path_factory), model_dir)
+    (model_dir / "README.md").write_text("# tiny-onnx\n\nA card.\n")
+    assert export_cli(["--onnx", str(model_dir), "--calibration-images", "16", "--verify-images", "0"]) == 0
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> list[Path]:
+    folder = make_image_folder(tmp_path_factory.mktemp("onnx_images"), {"test": 6})
+    return sorted((folder / "test").rglob("*.jpg"))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Float32 graphs made on first use go to a per-test cache, never the user's."""
+    monkeypatch.setenv("ASFF_ONNX_CACHE", str(tmp_path / "onnx-cache"))
+
+
+def test_export_writes_the_hub_layout_with_its_metadata_and_report(exported):
+    model, processor, _ = load_classifier(exported)
+    for name, precision in [("model.onnx", "float32"), ("model_quantized.onnx", "int8")]:
+        graph = onnx.load(str(exported / "onnx" / name), load_external_data=False)
+        meta = {p.key: p.value for p in graph.metadata_props}
+        dims = graph.graph.input[0].type.tensor_type.shape.dim
+        assert graph.graph.input[0].name == "pixel_values"
+        assert dims[0].dim_param and not dims[0].dim_value  # a dynamic batch axis
+        assert [d.dim_value for d in dims[1:]] == [3, 32, 32]  # the processor's input size
+        assert [o.name for o in graph.graph.output] == ["logits", "ood_score", "fusion_weights"]
+        assert meta["asff.precision"] == precision and meta["asff.opset"] == str(OPSET)
+        assert json.loads(meta["asff.id2label"]) == {"0": "benign", "1": "malignant"}
+        assert meta["asff.image_size"] == "32" and meta["asff.weights_sha256"] == weights_fingerprint(exported)
+        assert any(o.domain in ("", "ai.onnx") and o.version == OPSET for o in graph.opset_import)
+    report = json.loads((exported / "onnx" / "export_report.json").read_text())
+    assert report["verified"] is True and report["opset"] == OPSET and report["image_size"] == 32
+    assert report["fp32"]["vs_torch"]["max_abs_diff_probability"] <= 1e-4
+    assert report["fp32"]["vs_torch"]["images"] == 32 and report["int8"]["quantization"] == "static"
+    card = (exported / "README.md").read_text()
+    assert card.startswith("# tiny-onnx") and card.count("## ONNX") == 1 and "model_quantized.onnx" in card
+
+
+def test_the_card_section_is_replaced_not_repeated(tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text("# m\n\ntext\n")
+    write_card_section(card, "first")
+    write_card_section(card, "second")
+    text = card.read_text()
+    assert text.count("## ONNX") == 1 and "second" in text and "first" not in text and text.startswith("# m\n\ntext")
+
+
+def test_float32_gives_torchs_probabilities_and_decisions(exported, sample):
+    model, processor, info = load_classifier(exported)
+    backend = load_backend(exported, model, processor, "onnx")
+    assert backend.backend == "onnx" and backend.path == exported / "onnx" / "model.onnx"
+    threshold = float(np.median([predict(model, processor, p).probabilities["malignant"] for p in sample]))
+    torch_rows = predict_batch(model, processor, sample, threshold=threshold, batch_size=5)
+    onnx_rows = predict_batch(model, processor, sample, threshold=threshold, batch_size=5, backend=backend)
+    assert {r["backend"] for r in torch_rows} == {"torch"} and {r["backend"] for r in onnx_rows} == {"onnx"}
+    assert {r["label"] for r in torch_rows} == {"benign", "malignant"}  # the threshold splits the sample
+    for ours, theirs in zip(onnx_rows, torch_rows, strict=True):
+        assert ours["label"] == theirs["label"] and ours["in_distribution"] == theirs["in_distribution"]
+        assert ours["p_malignant"] == pytest.approx(theirs["p_malignant"], abs=1e-4)
+        assert ours["ood_score"] == pytest.approx(theirs["ood_score"], rel=1e-3, abs=1e-3)
+    with_tta = predict(model, processor, sample[0], tta=True, backend=backend)
+    reference = predict(model, processor, sample[0], tta=True)
+    assert with_tta.views == 8 and with_tta.spread == pytest.approx(reference.spread, abs=1e-4)
+    assert with_tta.probabilities == pytest.approx(reference.probabilities, abs=1e-4)
+
+
+def test_int8_decides_like_torch_on_a_sample(exported, sample):
+    """The tiny model's probabilities span a few hundredths, so images at the threshold may flip under int8 rounding:
+    the int8 graph must rank the images as torch does, and take torch's decision on every image clear of the
+    threshold (the median, so that the sample splits). The reference checkpoint's whole test split is checked at
+    export (onnx/export_report.json) and in the slow tests."""
+    from scipy.stats import spearmanr
+
+    model, processor, info = load_classifier(exported)
+    backend = load_backend(exported, model, processor)  # auto: the fastest, int8
+    assert backend.backend == "onnx-int8"
+    p_torch = np.array([predict(model, processor, p).probabilities["malignant"] for p in sample])
+    threshold = float(np.median(p_torch))
+    ours = [predict(model, processor, p, backend=backend, threshold=threshold) for p in sample]
+    theirs = [predict(model, processor, p, threshold=threshold) for p in sample]
+    p_int8 = np.array([o.probabilities["malignant"] for o in ours])
+    assert spearmanr(p_torch, p_int8).statistic >= 0.8
+    clear = np.abs(p_torch - threshold) >= np.quantile(np.abs(p_torch - threshold), 0.5)
+    assert clear.sum() >= len(sample) // 2
+    assert [o.label for o, c in zip(ours, clear, strict=True) if c] == [
+        t.label for t, c in zip(theirs, clear, strict=True) if c]
+    # The OOD flag is checked on real images at export (INT8_OOD_AGREEMENT): a tiny model's features are too
+    # coarse for int8 to keep its Mahalanobis scores; here only that the graph reports them.
+    assert all(o.ood_score is not None and o.ood_threshold == t.ood_threshold for o, t in zip(ours, theirs,
+                                                                                              strict=True))
+
+
+def test_backend_choice_and_fallback(exported, tiny_model_dir, caplog):
+    model, processor, _ = load_classifier(tiny_model_dir)
+    assert load_backend(tiny_model_dir, model, processor, "torch") is None
+    with caplog.at_level(logging.INFO, logger="modeling.onnx_runtime"):
+        assert load_backend(tiny_model_dir, model, processor) is None  # no ONNX files: torch
+    lines = [r.getMessage() for r in caplog.records if r.name == "modeling.onnx_runtime"]
+    assert len(lines) == 1 and "predicting with torch" in lines[0] and "modeling.export --onnx" in lines[0]
+    with pytest.raises(OnnxUnavailableError, match="model_quantized.onnx"):
+        load_backend(tiny_model_dir, model, processor, "onnx-int8")
+    with pytest.raises(OnnxUnavailableError, match="local model directory"):
+        load_backend("someone/some-model", model, processor, "onnx-int8")
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_backend(tiny_model_dir, model, processor, "tensorrt")
+
+
+@pytest.mark.parametrize("change, message", [
+    ("labels", "labels"), ("input size", "input size"), ("weights", "other weights")])
+def test_an_onnx_file_of_another_model_is_refused(exported, tmp_path, caplog, change, message):
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    if change == "labels":
+        config = json.loads((other / "config.json").read_text())
+        config["id2label"], config["label2id"] = {"0": "nevus", "1": "melanoma"}, {"nevus": 0, "melanoma": 1}
+        (other / "config.json").write_text(json.dumps(config))
+    elif change == "input size":
+        build_image_processor(48).save_pretrained(other)
+    else:
+        model = AsffResNetForImageClassification.from_pretrained(other)
+        with torch.no_grad():
+            model.classifier[-1].bias += 1.0
+        model.save_pretrained(other)
+    model, processor, _ = load_classifier(other)
+    with pytest.raises(OnnxMismatchError, match=message) as error:
+        load_backend(other, model, processor, "onnx-int8")
+    assert "modeling.export --onnx" in str(error.value)
+    with caplog.at_level(logging.INFO, logger="modeling.onnx_runtime"):
+        assert load_backend(other, model, processor) is None  # auto: skipped with a warning, torch serves
+    assert any(r.levelno == logging.WARNING and message in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_float32_is_made_on_first_use_into_the_cache(exported, tmp_path, sample):
+    shipped = tmp_path / "shipped"
+    shutil.copytree(exported, shipped)
+    (shipped / "onnx" / "model.onnx").unlink()  # what a checkpoint commits: int8 only
+    model, processor, _ = load_classifier(shipped)
+    assert cached_path(shipped) is not None and not cached_path(shipped).exists()
+    backend = load_backend(shipped, model, processor, "onnx")
+    assert backend.path == cached_path(shipped) and backend.path.is_file()
+    assert str(tmp_path / "onnx-cache") in str(backend.path)
+    stamp = backend.path.stat().st_mtime_ns
+    assert load_backend(shipped, model, processor, "onnx").path.stat().st_mtime_ns == stamp  # made once
+    p = predict(model, processor, sample[0], backend=backend).probabilities
+    assert p == pytest.approx(predict(model, processor, sample[0]).probabilities, abs=1e-4)
+
+
+def test_quantisation_keeps_the_fusion_and_the_ood_scorer_in_float(exported):
+    graph = onnx.load(str(exported / "onnx" / "model.onnx"), load_external_data=False)
+    kept, ood = set(float_nodes(graph)), set(ood_only_nodes(graph))
+    assert ood and ood <= kept
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    assert {"Einsum", "Sqrt"} <= {ops[n] for n in ood}  # the Mahalanobis distance
+    weights_of = {n.name: [i for i in n.input if "." in i] for n in graph.graph.node}
+    assert any("asff_resnet.fusion." in w for n in kept for w in weights_of[n])
+    assert not any("backbone" in w for n in kept for w in weights_of[n])  # the backbone is quantised
+    quantized = onnx.load(str(exported / "onnx" / "model_quantized.onnx"), load_external_data=False)
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+
+
+def test_int8_check_against_float32():
+    fp32 = {"accuracy": 0.84, "roc_auc": 0.936}
+    assert int8_failure(fp32, {"accuracy": 0.845, "roc_auc": 0.939}) is None
+    assert "ROC AUC" in int8_failure(fp32, {"accuracy": 0.84, "roc_auc": 0.93})
+    assert "accuracy" in int8_failure(fp32, {"accuracy": 0.82, "roc_auc": 0.936})
+    assert int8_failure(None, None) is None  # no labelled images: nothing to gate on
+    assert "OOD flag" in int8_failure(fp32, {"accuracy": 0.84, "roc_auc": 0.936}, ood_flag_agreement=0.9)
+    assert int8_failure(fp32, {"accuracy": 0.84, "roc_auc": 0.936}, ood_flag_agreement=0.995) is None
+
+
+@pytest.mark.slow
+def test_a_failed_int8_check_fails_the_export(exported, tmp_path, monkeypatch):
+    import modeling.onnx_export as onnx_export
+
+    folder = make_image_folder(tmp_path / "images", {"train": 4, "test": 4})
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported, model_dir)
+    monkeypatch.setattr(onnx_export, "INT8_ROC_AUC_TOLERANCE", -1.0)  # no int8 graph can pass
+    monkeypatch.setattr(onnx_export, "INT8_OOD_AGREEMENT", 0.0)  # (the tiny model's int8 OOD scores would fail first)
+    with pytest.raises(ExportVerificationError, match="int8 ROC AUC"):
+        export_onnx(model_dir, folder, calibration_count=4, verify_count=4)
+    report = json.loads((model_dir / "onnx" / "export_report.json").read_text())
+    assert report["verified"] is False and "int8" in report["failure"] and report["fp32"]["metrics"]["images"] == 8
+    assert not (model_dir / "onnx" / "model_quantized.onnx").exists()
+
+
+def test_batch_cli_backend_flag(exported, tmp_path):
+    folder = make_image_folder(tmp_path / "images", {"test": 2})
+    rows = {}
+    for backend in ("torch", "onnx", "onnx-int8", "auto"):
+        out = tmp_path / f"{backend}.csv"
+        assert predict_cli([str(folder), "--model", str(exported), "--out", str(out), "--backend", backend]) == 0
+        with out.open() as f:
+            rows[backend] = list(csv.DictReader(f))
+    assert list(rows["torch"][0])[-4:] == ["model", "threshold", "tta", "backend"]
+    assert [r["backend"] for r in rows["auto"]] == ["onnx-int8"] * 4  # default: the fastest the directory has
+    assert {r["backend"] for r in rows["onnx"]} == {"onnx"} and {r["backend"] for r in rows["torch"]} == {"torch"}
+    for ours, theirs in zip(rows["onnx"], rows["torch"], strict=True):
+        assert ours["label"] == theirs["label"]
+        assert float(ours["p_malignant"]) == pytest.approx(float(theirs["p_malignant"]), abs=1e-4)
+
+
+def test_cli_refuses_a_backend_it_cannot_have(tiny_model_dir, tmp_path):
+    make_image_folder(tmp_path / "images", {"test": 1})
+    with pytest.raises(SystemExit) as error:
+        predict_cli([str(tmp_path / "images"), "--model", str(tiny_model_dir), "--backend", "onnx-int8"])
+    assert error.value.code == 1
+
+
+def test_timm_backbone_exports_and_predicts_like_torch(tmp_path):
+    torch.manual_seed(0)
+    model_dir = tmp_path / "timm-tiny"
+    config = AsffResNetConfig(backbone="test_efficientnet", fusion_hidden_size=16, head_hidden_size=16, image_size=64)
+    AsffResNetForImageClassification(config).save_pretrained(model_dir)
+    build_image_processor(64, color_constancy=True).save_pretrained(model_dir)
+    report = export_onnx(model_dir, calibration_count=8, verify_count=0)
+    assert report["verified"] and report["outputs"] == ["logits", "fusion_weights"] and report["image_size"] == 64
+    model, processor, _ = load_classifier(model_dir)
+    backend = load_backend(model_dir, model, processor, "onnx")
+    image = lesion_image(1, np.random.default_rng(0), 80)
+    assert predict(model, processor, image, backend=backend).probabilities == pytest.approx(
+        predict(model, processor, image).probabilities, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- the reference checkpoint
+
+
+@pytest.mark.slow
+def test_the_reference_checkpoint_ships_a_matching_int8_graph():
+    """The committed int8 file belongs to the committed weights (exported from them, the same labels and input size)
+    and is what `auto` serves; its export report records the checks passed."""
+    if not (REFERENCE / "model.safetensors").is_file():
+        pytest.skip("the reference checkpoint's weights are not there")
+    model, processor, _ = load_classifier(REFERENCE)
+    backend = load_backend(REFERENCE, model, processor)
+    assert backend is not None and backend.backend == "onnx-int8"
+    assert not (REFERENCE / "onnx" / "model.onnx").exists()  # float32 is made on first use (too large to commit)
+    assert (REFERENCE / "onnx" / "model_quantized.onnx").stat().st_size < 70e6
+    report = json.loads((REFERENCE / "onnx" / "export_report.json").read_text())
+    assert report["verified"] and report["weights_sha256"] == weights_fingerprint(REFERENCE)
+    assert report["fp32"]["vs_torch"]["images"] == 660 and report["fp32"]["vs_torch"]["decision_agreement"] == 1.0
+    fp32, int8 = report["fp32"]["metrics"], report["int8"]["metrics"]
+    assert abs(int8["roc_auc"] - fp32["roc_auc"]) <= 0.005 and abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_the_reference_int8_graph_decides_like_torch_on_real_images(real_data):
+    """A sample of the ISIC 2020 test split: the int8 graph takes PyTorch's decision and OOD flag on (almost) every
+    image; the whole split is checked when the graph is exported (onnx/export_report.json)."""
+    from modeling.image_utils import find_images
+
+    if not (REFERENCE / "model.safetensors").is_file():
+        pytest.skip("the reference checkpoint's weights are not there")
+    paths = find_images(real_data / "test")[::22]  # 30 images, both classes
+    model, processor, _ = load_classifier(REFERENCE)
+    backend = load_backend(REFERENCE, model, processor, "onnx-int8")
+    ours = predict_batch(model, processor, paths, backend=backend)
+    theirs = predict_batch(model, processor, paths)
+    agree = np.mean([o["label"] == t["label"] for o, t in zip(ours, theirs, strict=True)])
+    flags = np.mean([o["in_distribution"] == t["in_distribution"] for o, t in zip(ours, theirs, strict=True)])
+    assert agree >= 0.96 and flags >= 0.96, (agree, flags)
