@@ -28,6 +28,7 @@ import json
 import logging
 import shutil
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -489,13 +490,15 @@ def card_line(report: dict[str, Any]) -> str:
                  f"{fp32['metrics']['roc_auc']:.4f}, accuracy {int8['metrics']['accuracy']:.4f} vs "
                  f"{fp32['metrics']['accuracy']:.4f}, the same decision on "
                  f"{int8['vs_fp32']['decision_agreement']:.1%}")
+        if "ood_flag_agreement" in int8["vs_fp32"]:
+            line += f" and the same OOD flag on {int8['vs_fp32']['ood_flag_agreement']:.1%}"
     return line + f"). Details: `{ONNX_DIR}/{REPORT_FILE}`."
 
 
 def write_card_section(card_path: Path, line: str) -> None:
     """Puts `line` in the card between the export's markers (replacing an earlier one), as its own section."""
     text = card_path.read_text()
-    block = f"{CARD_BEGIN}\n## ONNX\n\n{line}\n{CARD_END}"
+    block = f"{CARD_BEGIN}\n## ONNX\n\n{textwrap.fill(line, 116, break_on_hyphens=False)}\n{CARD_END}"
     if CARD_BEGIN in text and CARD_END in text:
         head, rest = text.split(CARD_BEGIN, 1)
         text = head + block + rest.split(CARD_END, 1)[1]
