@@ -28,7 +28,11 @@ def test_loads_as_float32_with_card_metadata():
     assert model.config.fusion_mode == "channel" and model.config.id2label == {0: "benign", 1: "malignant"}
     card = ModelCard.load(CHECKPOINT / "README.md")
     assert "NOT A DIAGNOSTIC DEVICE" in card.text and 0 < card.data.to_dict()["decision_threshold"] < 1
-    assert sum(f.stat().st_size for f in CHECKPOINT.rglob("*")) < 70e6
+    # The model (weights, code, card, report) stays under 70 MB; its int8 ONNX graph (onnx/, issue 13) is a second
+    # file of its own, also under 70 MB.
+    files = [f for f in CHECKPOINT.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files if "onnx" not in f.relative_to(CHECKPOINT).parts) < 70e6
+    assert all(f.stat().st_size < 70e6 for f in files)
 
 
 # Its logits on fixed_pixels(), recorded with the code of commit aefff6a (a ResNetBackbone built directly, before
