@@ -2,11 +2,19 @@
 with test-time augmentation, their spread), an out-of-distribution warning, Grad-CAM, the learned fusion weights,
 batch classification to CSV, and an HTTP API (/predict, /explain, /batch).
 
-    python app.py [--model DIR_OR_HUB_ID] [--examples DIR] [--host 127.0.0.1] [--port 7860] [--share]
+    python app.py [--model DIR_OR_HUB_ID] [--models-dir DIR] [--backend auto|onnx-int8|onnx|torch] [--examples DIR]
+                  [--host 127.0.0.1] [--port 7860] [--share]
 
 Only wiring lives here; the logic is in `modeling/inference.py` (prediction, decision, OOD flag, batches),
 `modeling/explain.py` (Grad-CAM) and `modeling/plots.py` (figures). The Hugging Face Space (`space/`) ships this file
 as `demo.py` and calls the same `build_demo` and `launch_demo`.
+
+Models: a dropdown lists every model directory under `--models-dir` (default: checkpoints/ beside this file; a
+subfolder with a config.json) and the `--model` one, which is the default. Each is loaded on first use and kept;
+switching re-runs the analysis with the selected model's decision rule, and the threshold sliders reset to its
+threshold. Predictions (probabilities, TTA, the batch tab) run on onnxruntime when the model directory has ONNX files
+(`--backend`, default the fastest it has, see `modeling/onnx_runtime.py`), else on PyTorch; Grad-CAM and the fusion
+weights always come from PyTorch, and the CAM explains the decision shown.
 
 How the Classify tab behaves:
 - a new image (upload, paste or example) runs one analysis (`/explain`); clearing it clears the results;
@@ -19,24 +27,37 @@ How the Classify tab behaves:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import html
 import logging
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import numpy as np
 
-from modeling.explain import CAM_HOW_TO_READ, CAM_METHODS, CAM_TARGETS, explain
 from modeling.image_utils import ImageLoadError, find_images, load_image
-from modeling.inference import OOD_WARNING, ModelInfo, Prediction, load_classifier, predict, predict_batch, write_csv
-from modeling.plots import with_colour_scale
+from modeling.inference import (
+    OOD_WARNING,
+    ModelInfo,
+    Prediction,
+    load_classifier,
+    model_name,
+    predict,
+    predict_batch,
+    write_csv,
+)
+from modeling.onnx_runtime import AUTO, BACKENDS, OnnxClassifier, backend_name, load_backend
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "asff-resnet50-isic2020"
+MODELS_DIR = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_MODEL = MODELS_DIR / "asff-resnet50-isic2020"
 HOW_TO_GET_A_MODEL = (
     "Train one with `python train_hf.py ...` (see README.md; it saves a model directory), "
     "or pass `--model DIR_OR_HUB_ID` (a directory saved by train_hf.py, or a Hub model id)."
@@ -48,6 +69,7 @@ DISCLAIMER = (
 )
 NO_IMAGE = "Upload an image first."
 OOD_NOT_AVAILABLE = "Out-of-distribution check not available for this model."
+NO_CARD = "*No model card (README.md) came with this model.*"
 FUSION_HOW_TO_READ = {
     "channel": "How to read the plot: each channel of the fused map takes weight w from stage3 (blue) and 1 - w from "
                "stage4 (orange); channels are sorted by w, on a log scale.",
@@ -73,6 +95,27 @@ p { margin: 0.2em 0; }
 .not-meaningful .headline strong { text-decoration: line-through; }
 """
 logger = logging.getLogger(__name__)
+
+# Start-up: Grad-CAM (pytorch_grad_cam, which imports scikit-learn) and the figures (matplotlib) are ~1.5 s of imports
+# that serving the page and the first prediction do not need, so `modeling.explain` and `modeling.plots` are imported
+# on first use, and warmed up as soon as the server answers (`main`). The CAM choices the UI offers are therefore named
+# here; tests/test_app_models.py checks them against modeling.explain's.
+CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (7x7)", "stage3": "stage3 (14x14)"}
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
+               "gradcam-elementwise")
+
+
+def explain(*args, **kwargs):
+    """`modeling.explain.explain` (imported on first use)."""
+    from modeling.explain import explain as explain_image
+
+    return explain_image(*args, **kwargs)
+
+
+def warm_up() -> None:
+    """Imports what the first analysis needs (Grad-CAM, matplotlib) ahead of it."""
+    import modeling.explain  # noqa: F401
+    import modeling.plots  # noqa: F401
 
 
 # `raw_upload` and `decision_label` override a method on the component instance (a subclass would make Gradio write a
@@ -186,22 +229,27 @@ def decision_html(prediction: Prediction) -> str:
     return f'<div class="decision{" not-meaningful" if ood else ""}">{"".join(parts)}</div>'
 
 
-def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | None = None) -> dict:
-    """What the API returns besides the components: `Prediction.as_dict()` with the model's name (and the class the
-    Grad-CAM explains)."""
-    data = {"model": info.name, **prediction.as_dict()}
+def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | None = None,
+                    backend: str = "torch") -> dict:
+    """What the API returns besides the components: `Prediction.as_dict()` with the model's name and the backend that
+    computed the probabilities (and the class the Grad-CAM explains)."""
+    data = {"model": info.name, "backend": backend, **prediction.as_dict()}
     if cam_label is not None:
         data["cam_label"] = cam_label
     return data
 
 
 def cam_caption(cam_label: str, target: str, method: str) -> str:
+    from modeling.explain import CAM_HOW_TO_READ
+
     return (f"**Grad-CAM of *{cam_label}*** ({CAM_TARGETS.get(target, target)}, {method}). "
             + CAM_HOW_TO_READ.format(label=cam_label))
 
 
 def cam_image(result) -> np.ndarray:
     """The CAM overlay with its colour scale, whose high end names the class it explains."""
+    from modeling.plots import with_colour_scale
+
     return with_colour_scale(result.cam_overlay, "low", f"high: {result.cam_label}")
 
 
@@ -222,57 +270,153 @@ def unique_names(paths: list[str]) -> tuple[list[str], bool]:
 
 
 def table_columns(info: ModelInfo) -> list[str]:
-    """The batch table's columns (the CSV adds the settings: model, threshold, tta); `label` right after `file`, so
-    that it stays visible on a phone."""
+    """The batch table's columns (the CSV adds the settings: model, threshold, tta, backend); `label` right after
+    `file`, so that it stays visible on a phone."""
     return ["file", "label", *(f"p_{label}" for label in info.id2label.values()), "p_spread", "in_distribution",
             "ood_score", "error"]
 
 
-def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | None = None) -> gr.Blocks:
-    """The Blocks app for one loaded classifier (see `modeling.inference.load_classifier`)."""
-    fusion_note = {
-        "channel": "channel fusion (one stage3 weight per channel)",
-        "spatial": "spatial fusion (one stage3 weight per pixel)",
-        "none": "plain ResNet, no fusion",
-        None: f"{info.model_type} (not an ASFF-ResNet)",
-    }[info.fusion_mode]
-    label2id = {label: index for index, label in info.id2label.items()}
-    columns = table_columns(info)
+def model_choices(models_dir: str | Path | None, default: str | Path) -> dict[str, str]:
+    """{name shown: source} for every model directory (a subfolder with a config.json) under `models_dir`, sorted, and
+    the default model (a directory anywhere, or a Hub id), which keeps its own name."""
+    choices = {}
+    if models_dir is not None and Path(models_dir).is_dir():
+        for folder in sorted(Path(models_dir).iterdir()):
+            if (folder / "config.json").is_file():
+                choices[model_name(folder)] = str(folder)
+    choices[model_name(default)] = str(default)
+    return dict(sorted(choices.items()))
 
-    def analysis_outputs(prediction: Prediction, result, timing: str, session: dict):
+
+@dataclass
+class ServedModel:
+    """One loaded model: the torch model (Grad-CAM, fusion weights), its processor and info, and the onnxruntime
+    graph that serves its predictions (None: torch does)."""
+
+    model: Any
+    processor: Any
+    info: ModelInfo
+    backend: OnnxClassifier | None = None
+
+    @property
+    def backend_name(self) -> str:
+        return backend_name(self.backend)
+
+    def fusion_note(self) -> str:
+        return {
+            "channel": "channel fusion (one stage3 weight per channel)",
+            "spatial": "spatial fusion (one stage3 weight per pixel)",
+            "none": "plain ResNet, no fusion",
+        }.get(self.info.fusion_mode, f"{self.info.model_type} (not an ASFF-ResNet)")
+
+    def about(self) -> str:
+        info = self.info
+        positive = info.id2label.get(1, "class 1")
+        ood = (f"Mahalanobis distance on pooled features, flagged above {info.ood_threshold:.3g}"
+               if info.ood_threshold is not None else "not available for this model")
+        runs = ("PyTorch" if self.backend is None
+                else f"onnxruntime ({self.backend_name}, `{self.backend.path.name}`); Grad-CAM: PyTorch")
+        return (f"**Model:** `{info.name}` ({self.fusion_note()}; {info.num_parameters / 1e6:.1f} M parameters; "
+                f"input {info.image_size} px). Decision threshold {info.decision_threshold:.2f} on calibrated "
+                f"p({positive}); calibration temperature {info.temperature:.2f}; out-of-distribution check: {ood}. "
+                f"Predictions: {runs}.")
+
+
+class ModelRegistry:
+    """The models the dropdown offers, by name: the default one loaded up front, the others on first use (then
+    cached). `backend` is what each is asked to predict with (`modeling.onnx_runtime.load_backend`)."""
+
+    def __init__(self, default: ServedModel, sources: dict[str, str] | None = None, backend: str = AUTO):
+        self.default_name = default.info.name
+        self.sources = {**(sources or {}), self.default_name: default.info.source}
+        self.backend = backend
+        self._loaded = {self.default_name: default}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.sources)
+
+    def get(self, name: str | None) -> ServedModel:
+        name = name or self.default_name
+        if name not in self.sources:
+            raise gr.Error(f"Unknown model {name!r}; choose one of {', '.join(self.names)}.", print_exception=False)
+        with self._lock:  # one load per model, even when two sessions ask at once
+            if name not in self._loaded:
+                self._loaded[name] = self._load(name)
+            return self._loaded[name]
+
+    def _load(self, name: str) -> ServedModel:
+        source = self.sources[name]
+        try:
+            model, processor, info = load_classifier(source)
+            backend = load_backend(source, model, processor, self.backend)
+        except Exception as error:  # a broken directory must not take the app down: the user picks another
+            logger.exception("could not load %s", source)
+            raise gr.Error(f"Could not load the model {name}: {type(error).__name__}: {error}",
+                           print_exception=False) from None
+        return ServedModel(model, processor, dataclasses.replace(info, name=name), backend)
+
+
+def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | None = None, *,
+               backend: OnnxClassifier | None = None, models: dict[str, str] | None = None,
+               backend_request: str = AUTO) -> gr.Blocks:
+    """The Blocks app for a loaded classifier (see `modeling.inference.load_classifier`), its onnxruntime `backend`
+    (None: predictions with torch) and, for the model dropdown, other models by name (`model_choices`), loaded on first
+    use with `backend_request`. The dropdown is shown when there is more than one model."""
+    registry = ModelRegistry(ServedModel(model, processor, info, backend), models, backend_request)
+
+    def analysis_outputs(served: ServedModel, prediction: Prediction, result, timing: str, session: dict):
         return (
             (prediction.label, prediction.probabilities),
             decision_html(prediction),
-            prediction_json(prediction, info, result.cam_label),
+            prediction_json(prediction, served.info, result.cam_label, served.backend_name),
             cam_image(result),
             cam_caption(result.cam_label, result.target, result.method),
             result.fusion_figure,
-            " ".join(filter(None, [result.fusion_message, FUSION_HOW_TO_READ.get(info.fusion_mode or "")])),
+            " ".join(filter(None, [result.fusion_message, FUSION_HOW_TO_READ.get(served.info.fusion_mode or "")])),
             timing,
             session,
         )
 
     @_user_errors
-    def analyse(image_path, threshold, tta, target, method):
+    def analyse(image_path, threshold, tta, target, method, model_choice=None):
         """Calibrated probabilities, the decision at `threshold`, the out-of-distribution flag and score (and, with
         TTA, the spread over 8 views), a Grad-CAM of the decided class and the fusion-weight view."""
         if image_path is None:
             raise gr.Error(NO_IMAGE, print_exception=False)
-        result = explain(model, processor, _open(image_path), target=target, method=method, threshold=threshold,
-                         tta=bool(tta))
+        served = registry.get(model_choice)
+        image = _open(image_path)
+        predicted_ms = None
+        if served.backend is None:  # torch: one forward serves the prediction and the CAM (TTA: 8 views first)
+            result = explain(served.model, served.processor, image, target=target, method=method,
+                             threshold=threshold, tta=bool(tta))
+        else:  # onnxruntime predicts (TTA included); the CAM explains its decision
+            start = time.perf_counter()
+            prediction = predict(served.model, served.processor, image, tta=bool(tta), threshold=threshold,
+                                 backend=served.backend)
+            predicted_ms = (time.perf_counter() - start) * 1000
+            label2id = {label: index for index, label in served.info.id2label.items()}
+            result = explain(served.model, served.processor, image, target=target, method=method,
+                             threshold=threshold, cam_class=label2id[prediction.label])
+            result = dataclasses.replace(result, prediction=prediction)
         parts = ", ".join(f"{k} {v:.0f}" for k, v in result.timing_ms.items() if k != "total")
+        total = result.timing_ms["total"]
+        if predicted_ms is not None:
+            parts = f"predict ({served.backend_name}) {predicted_ms:.0f}, " + parts
+            total += predicted_ms
         views = f", {result.prediction.views} TTA views" if tta else ""
-        timing = (f"Inference time: **{result.timing_ms['total']:.0f} ms** ({parts} ms{views}); "
+        timing = (f"Inference time: **{total:.0f} ms** ({parts} ms{views}); "
                   f"Grad-CAM of *{result.cam_label}*")
         session = {"image": image_path, "prediction": result.prediction, "cam_label": result.cam_label,
-                   "target": result.target, "method": result.method}
-        return analysis_outputs(result.prediction, result, timing, session)
+                   "target": result.target, "method": result.method, "model": served.info.name}
+        return analysis_outputs(served, result.prediction, result, timing, session)
 
-    def reanalyse(image_path, threshold, tta, target, method):
+    def reanalyse(image_path, threshold, tta, target, method, model_choice=None):
         """TTA, CAM target or method changed: analyse again if there is an image (else there are no results)."""
         if image_path is None:
-            return cleared()
-        return analyse(image_path, threshold, tta, target, method)
+            return cleared(model_choice)
+        return analyse(image_path, threshold, tta, target, method, model_choice)
 
     @_user_errors
     def on_threshold(session, threshold):
@@ -281,13 +425,15 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         if not session or abs(session["prediction"].threshold - threshold) < 1e-12:
             probabilities = (session["prediction"].label, session["prediction"].probabilities) if session else None
             return (probabilities, *(gr.skip() for _ in range(6)))  # (no gr.skip() for the Label, see above)
+        served = registry.get(session.get("model"))
         prediction = session["prediction"].at_threshold(threshold)
         session = {**session, "prediction": prediction}
         cam = caption = timing = gr.skip()
         if prediction.label != session["cam_label"]:
+            label2id = {label: index for index, label in served.info.id2label.items()}
             start = time.perf_counter()
-            result = explain(model, processor, session["image"], target=session["target"], method=session["method"],
-                             threshold=threshold, cam_class=label2id[prediction.label])
+            result = explain(served.model, served.processor, session["image"], target=session["target"],
+                             method=session["method"], threshold=threshold, cam_class=label2id[prediction.label])
             elapsed = (time.perf_counter() - start) * 1000
             session["cam_label"] = result.cam_label
             cam = cam_image(result)
@@ -295,35 +441,41 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             timing = (f"Grad-CAM recomputed for *{result.cam_label}* in **{elapsed:.0f} ms** (the decision changed "
                       "with the threshold; the probabilities are the cached ones)")
         return ((prediction.label, prediction.probabilities), decision_html(prediction),
-                prediction_json(prediction, info, session["cam_label"]), cam, caption, timing, session)
+                prediction_json(prediction, served.info, session["cam_label"], served.backend_name), cam, caption,
+                timing, session)
 
-    def cleared():
+    def cleared(model_choice=None):
         """Empty results and session (when the image is removed)."""
-        return (None, "", None, None, "", None, f"Model: {fusion_note}.", "", None)
+        served = registry.get(model_choice)
+        return (None, "", None, None, "", None, f"Model: {served.fusion_note()}.", "", None)
 
-    def cleared_with_image():
+    def cleared_with_image(model_choice=None):
         """After a failed input: no image (no preview of a file that could not be read) and empty results."""
-        return (None, *cleared())
+        return (None, *cleared(model_choice))
 
     @_user_errors
-    def run_predict(image_path, threshold, tta):
+    def run_predict(image_path, threshold, tta, model_choice=None):
         """Calibrated probabilities, the decision at `threshold` and the out-of-distribution flag and score (with TTA,
         the spread over 8 views): no Grad-CAM (API only)."""
         if image_path is None:
             raise gr.Error(NO_IMAGE, print_exception=False)
-        prediction = predict(model, processor, _open(image_path), tta=bool(tta), threshold=threshold)
+        served = registry.get(model_choice)
+        prediction = predict(served.model, served.processor, _open(image_path), tta=bool(tta), threshold=threshold,
+                             backend=served.backend)
         return ((prediction.label, prediction.probabilities), decision_html(prediction),
-                prediction_json(prediction, info))
+                prediction_json(prediction, served.info, backend=served.backend_name))
 
     @_user_errors
-    def run_batch(image_paths, threshold, tta, progress=gr.Progress()):  # noqa: B008 (Gradio's injection idiom)
+    def run_batch(image_paths, threshold, tta, model_choice=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """One row per file (calibrated probabilities, decision, TTA spread, OOD flag and score, or the file's error)
-        and a CSV that also records the model, threshold and TTA setting."""
+        and a CSV that also records the model, threshold, TTA setting and backend."""
         if not image_paths:
             raise gr.Error("Upload one or more image files.", print_exception=False)
         if len(image_paths) > MAX_BATCH_FILES:
             raise gr.Error(f"At most {MAX_BATCH_FILES} files per batch; got {len(image_paths)}.",
                            print_exception=False)
+        served = registry.get(model_choice)
+        columns = table_columns(served.info)
         done = [0]
 
         def step(n: int) -> None:
@@ -331,32 +483,51 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             progress((done[0], len(image_paths)), desc="Classifying", unit="images")
 
         names, numbered = unique_names([str(p) for p in image_paths])
-        rows = predict_batch(model, processor, image_paths, threshold=threshold, tta=bool(tta), names=names,
-                             progress=step, model_id=info.name)
+        rows = predict_batch(served.model, served.processor, image_paths, threshold=threshold, tta=bool(tta),
+                             names=names, progress=step, model_id=served.info.name, backend=served.backend)
         csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="asff-batch-")) / "predictions.csv")
         table = {"headers": columns,
                  "data": [["" if row.get(c) is None else row.get(c) for c in columns] for row in rows]}
         flagged = sum(row["in_distribution"] is False for row in rows)
         failed = sum(bool(row["error"]) for row in rows)
-        summary = (f"{len(rows)} file(s): model `{info.name}`, threshold {threshold:.2f}, TTA {'on' if tta else 'off'}"
-                   f"; {flagged} flagged as out of distribution; {failed} unreadable.")
+        summary = (f"{len(rows)} file(s): model `{served.info.name}` ({served.backend_name}), threshold "
+                   f"{threshold:.2f}, TTA {'on' if tta else 'off'}; {flagged} flagged as out of distribution; "
+                   f"{failed} unreadable.")
         if rows and rows[0]["in_distribution"] is None and not all(row["error"] for row in rows):
             summary += f" {OOD_NOT_AVAILABLE}"
         if numbered:
             summary += f" {BATCH_NAMES_NOTE}"
         return table, str(csv_path), summary
 
-    positive = info.id2label.get(1, "class 1")
+    def threshold_label(served: ServedModel) -> str:
+        return f"Decision threshold on p({served.info.id2label.get(1, 'class 1')})"
+
+    @_user_errors
+    def on_model(model_choice, image_path, tta, target, method):
+        """Another model: its thresholds on both sliders, its About text, and the analysis of the image on screen
+        re-run with it (decision, threshold, CAM all from the selected model)."""
+        served = registry.get(model_choice)
+        threshold_value = served.info.decision_threshold
+        sliders = [gr.update(value=threshold_value, label=threshold_label(served)) for _ in range(2)]
+        about = [served.about(), served.info.card_text or NO_CARD]
+        if image_path is None:
+            return (*sliders, *about, *cleared(model_choice))
+        return (*sliders, *about, *analyse(image_path, threshold_value, tta, target, method, model_choice))
+
+    default = registry.get(None)
     with gr.Blocks(title="ASFF-ResNet skin-lesion classifier (research demo)", analytics_enabled=False) as demo:
         gr.Markdown(f"# ASFF-ResNet skin-lesion classifier\n{DISCLAIMER}", elem_id="disclaimer")
         session = gr.State(None)
+        model_choice = gr.Dropdown(registry.names, value=registry.default_name, label="Model", elem_id="model",
+                                   visible=len(registry.names) > 1, interactive=True,
+                                   info="Every model directory found; each loads on first use")
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
                     image = raw_upload(gr.Image(label="Lesion image", type="filepath", sources=["upload", "clipboard"],
                                                 height=300, elem_id="lesion-image"))
                     threshold = gr.Slider(0.0, 1.0, value=info.decision_threshold, step=0.01, elem_id="threshold",
-                                          label=f"Decision threshold on p({positive})",
+                                          label=threshold_label(default),
                                           info="Default: the threshold chosen on validation (model config), else 0.5")
                     tta = gr.Checkbox(False, label="Test-time augmentation (8 flips/rotations, averaged; shows the "
                                                    "spread)", elem_id="tta")
@@ -375,7 +546,8 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
                     caption = gr.Markdown(elem_id="cam-caption", label="Grad-CAM caption")
                     timing = gr.Markdown(elem_id="timing", label="Timing")
             fusion_plot = gr.Plot(label="Fusion weights", show_label=False, elem_id="fusion-plot")  # no badge over it
-            fusion_text = gr.Markdown(f"Model: {fusion_note}.", elem_id="fusion-text", label="Fusion summary")
+            fusion_text = gr.Markdown(f"Model: {default.fusion_note()}.", elem_id="fusion-text",
+                                      label="Fusion summary")
             with gr.Accordion("Prediction as JSON (what the API returns)", open=False):
                 result_json = gr.JSON(label="Prediction", elem_id="prediction-json")
             # A Dataset rather than gr.Examples, whose click sends gr.update(...) to the image (see raw_upload).
@@ -385,36 +557,31 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             files = gr.File(file_count="multiple", label="Images", type="filepath", elem_id="batch-files")
             with gr.Row():
                 batch_threshold = gr.Slider(0.0, 1.0, value=info.decision_threshold, step=0.01,
-                                            label=f"Decision threshold on p({positive})")
+                                            label=threshold_label(default), elem_id="batch-threshold")
                 batch_tta = gr.Checkbox(False, label="Test-time augmentation")
             batch_button = gr.Button("Classify all", variant="primary")
             batch_summary = gr.Markdown(elem_id="batch-summary", label="Batch summary")
             # `file` and `label` pinned (on screen on a phone while the rest scrolls sideways), fixed widths so that
             # empty columns do not squeeze their headers into a tall stack.
+            columns = table_columns(info)
             widths = {"file": "120px", "label": "110px", "in_distribution": "120px", "error": "220px"}
             table = gr.Dataframe(value={"headers": columns, "data": []}, headers=columns, interactive=False,
                                  wrap=True, pinned_columns=2, column_widths=[widths.get(c, "95px") for c in columns],
                                  elem_id="batch-table", label="Predictions (a file that cannot be read gets its error)")
-            csv_file = gr.File(label="Download CSV (with the model, threshold and TTA setting)")
+            csv_file = gr.File(label="Download CSV (with the model, threshold, TTA setting and backend)")
         with gr.Tab("About"):
-            ood = (f"Mahalanobis distance on pooled features, flagged above {info.ood_threshold:.3g}"
-                   if info.ood_threshold is not None else "not available for this model")
-            gr.Markdown(
-                f"**Model:** `{info.name}` ({fusion_note}; {info.num_parameters / 1e6:.1f} M parameters; "
-                f"input {info.image_size} px). Decision threshold {info.decision_threshold:.2f} on calibrated "
-                f"p({positive}); calibration temperature {info.temperature:.2f}; out-of-distribution check: {ood}."
-            )
-            gr.Markdown(info.card_text or "*No model card (README.md) came with this model.*")
+            about = gr.Markdown(default.about(), elem_id="about-model")
+            card = gr.Markdown(info.card_text or NO_CARD, elem_id="model-card")
 
-        inputs = [image, threshold, tta, target, method]
+        inputs = [image, threshold, tta, target, method, model_choice]
         outputs = [probs, decision, result_json, cam, caption, fusion_plot, fusion_text, timing, session]
         threshold_outputs = [probs, decision, result_json, cam, caption, timing, session]
 
         def after_analysis(event) -> None:
             # A failed input leaves nothing stale on screen (nor its preview); a threshold moved while the analysis
             # ran is applied once it is done.
-            event.failure(cleared_with_image, None, [image, *outputs], api_visibility="private", queue=False,
-                          show_progress="hidden")
+            event.failure(cleared_with_image, [model_choice], [image, *outputs], api_visibility="private",
+                          queue=False, show_progress="hidden")
             event.success(on_threshold, [session, threshold], threshold_outputs, api_visibility="private",
                           show_progress="hidden")
 
@@ -427,13 +594,19 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             pick = example_set.click(lambda index: str(examples[index]), example_set, image, api_visibility="private",
                                      queue=False, show_progress="hidden")
             after_analysis(pick.then(analyse, inputs, outputs, api_visibility="private"))
-        image.clear(cleared, None, outputs, api_visibility="private", queue=False, show_progress="hidden")
+        image.clear(cleared, [model_choice], outputs, api_visibility="private", queue=False, show_progress="hidden")
         # `.change` covers every way the threshold moves: dragging, arrow keys, the number box, the reset button.
         threshold.change(on_threshold, [session, threshold], threshold_outputs, api_visibility="private",
                          trigger_mode="always_last", show_progress="minimal")
-        gr.on([], run_predict, [image, threshold, tta], [probs, decision, result_json], api_name="predict")
-        batch_button.click(run_batch, [files, batch_threshold, batch_tta], [table, csv_file, batch_summary],
-                           api_name="batch", concurrency_limit=1)
+        # `.input`: the user picked a model (not a programmatic change). A model that fails to load shows its error
+        # and leaves the image and results as they were.
+        model_choice.input(on_model, [model_choice, image, tta, target, method],
+                           [threshold, batch_threshold, about, card, *outputs], api_visibility="private").success(
+            on_threshold, [session, threshold], threshold_outputs, api_visibility="private", show_progress="hidden")
+        gr.on([], run_predict, [image, threshold, tta, model_choice], [probs, decision, result_json],
+              api_name="predict")
+        batch_button.click(run_batch, [files, batch_threshold, batch_tta, model_choice],
+                           [table, csv_file, batch_summary], api_name="batch", concurrency_limit=1)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
     return demo
 
@@ -455,6 +628,15 @@ def load_or_exit(source: str | Path):
         sys.exit(f"Could not load a model from {source!s}: {type(error).__name__}: {error}\n{HOW_TO_GET_A_MODEL}")
 
 
+def backend_or_exit(source: str | Path, model, processor, backend: str = AUTO) -> OnnxClassifier | None:
+    """The onnxruntime graph that serves `source`'s predictions (`load_backend`; None: torch), or a clear message and
+    exit status 1 when an explicitly requested backend cannot be had or does not match the model."""
+    try:
+        return load_backend(source, model, processor, backend)
+    except Exception as error:  # OnnxUnavailableError, OnnxMismatchError, a failed first-use export
+        sys.exit(f"--backend {backend}: {type(error).__name__}: {error}")
+
+
 def pick_examples(folder: str | Path, limit: int = MAX_EXAMPLES) -> list[Path]:
     """A handful of images spread over the (sorted, recursive) folder, so every class subfolder is likely sampled."""
     paths = find_images(folder)
@@ -466,6 +648,11 @@ def pick_examples(folder: str | Path, limit: int = MAX_EXAMPLES) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory or Hub id (default: %(default)s)")
+    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR,
+                        help="the model dropdown lists every model directory in this folder (default: %(default)s)")
+    parser.add_argument("--backend", choices=(AUTO, *BACKENDS), default=AUTO,
+                        help="what computes the predictions (default: %(default)s, the fastest ONNX graph the model "
+                             "directory has, else torch); Grad-CAM always uses torch")
     parser.add_argument("--examples", type=Path, help="folder of example images (searched recursively)")
     parser.add_argument("--host", default=None, help="server name, e.g. 0.0.0.0 (default: Gradio's, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="server port (default: Gradio's, 7860)")
@@ -474,9 +661,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     examples = pick_examples(args.examples) if args.examples else None
     model, processor, info = load_or_exit(args.model)
-    demo = build_demo(model, processor, info, examples)
+    backend = backend_or_exit(args.model, model, processor, args.backend)
+    demo = build_demo(model, processor, info, examples, backend=backend,
+                      models=model_choices(args.models_dir, args.model), backend_request=args.backend)
     launch_demo(demo, args.host, args.port, args.share,
-                allowed_paths=[str(args.examples.resolve())] if args.examples else None)
+                allowed_paths=[str(args.examples.resolve())] if args.examples else None, prevent_thread_lock=True)
+    warm_up()  # the server already answers; the first analysis then finds Grad-CAM imported
+    demo.block_thread()
 
 
 if __name__ == "__main__":
