@@ -315,3 +315,37 @@ def test_the_reference_int8_graph_decides_like_torch_on_real_images(real_data):
     agree = np.mean([o["label"] == t["label"] for o, t in zip(ours, theirs, strict=True)])
     flags = np.mean([o["in_distribution"] == t["in_distribution"] for o, t in zip(ours, theirs, strict=True)])
     assert agree >= 0.96 and flags >= 0.96, (agree, flags)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def test_the_app_predicts_with_onnxruntime_and_explains_its_decision_with_torch(exported, sample, monkeypatch):
+    import app
+
+    model, processor, info = load_classifier(exported)
+    backend = load_backend(exported, model, processor)
+    demo = app.build_demo(model, processor, info, backend=backend)
+    fns = {f.name: f.fn for f in demo.fns.values()}
+    image = str(sample[0])
+    _, decision, result = fns["run_predict"](image, 0.5, True)
+    expected = predict(model, processor, image, tta=True, threshold=0.5, backend=backend)
+    assert result["backend"] == "onnx-int8" and result["views"] == 8
+    assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    calls = []
+    real_explain = app.explain
+    monkeypatch.setattr(app, "explain", lambda *a, **k: calls.append(k) or real_explain(*a, **k))
+    probs, decision, result, cam, caption, _, _, timing, session = fns["analyse"](image, 0.5, True, "fused", "gradcam")
+    assert result["backend"] == "onnx-int8" and result["probabilities"] == pytest.approx(expected.probabilities)
+    label2id = {label: index for index, label in info.id2label.items()}
+    assert calls[-1]["cam_class"] == label2id[expected.label]  # the CAM explains the decision shown
+    assert result["cam_label"] == expected.label and "predict (onnx-int8)" in timing
+    assert "onnxruntime (onnx-int8" in json.dumps(demo.get_config_file(), default=str)  # the About tab says so
+
+
+def test_the_app_refuses_a_backend_it_cannot_have(tiny_model_dir):
+    import app
+
+    with pytest.raises(SystemExit) as error:
+        app.main(["--model", str(tiny_model_dir), "--backend", "onnx-int8"])
+    assert "model_quantized.onnx" in str(error.value.code)
