@@ -187,7 +187,11 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
         if model_args.pretrained_backbone:
             from .backbones import load_pretrained_backbone
 
-            load_pretrained_backbone(model, model_args.pretrained_backbone)
+            try:
+                load_pretrained_backbone(model, model_args.pretrained_backbone)
+            except (ValueError, TypeError, ImportError, OSError) as error:  # a bad source: the user's to fix
+                raise UsageError(f"--pretrained_backbone {model_args.pretrained_backbone}: "
+                                 + " ".join(str(error).split())) from error
     else:
         from .baselines import build_baseline
 

@@ -170,6 +170,9 @@ def test_balanced_class_weights_are_sklearns_and_ignore_a_missing_class():
     (["--dataset", "{empty}", "--output_dir", "out"], "no readable images"),  # DataErrors from here on
     (["--dataset", "{three_per_class}", "--output_dir", "out"], "cannot carve a stratified validation split"),
     (["--do_eval_only", "true", "--dataset", "{data}", "--output_dir", "out"], "needs --model_name_or_path"),
+    (["--dataset", "{data}", "--output_dir", "out", "--pretrained_backbone", "missing.pth"],
+     "torchvision state dict not found"),
+    (["--dataset", "{data}", "--output_dir", "out", "--skip_training", "true"], "--skip_training needs"),
 ])
 def test_user_errors_are_one_line_and_exit_code_2(arguments, message, image_folder, tmp_path, caplog, monkeypatch):
     (tmp_path / "empty").mkdir()
