@@ -12,13 +12,13 @@ Checks, each one failing the export: float32 probabilities within 1e-4 of PyTorc
 generated ones); int8 ROC AUC within 0.005 and accuracy within 0.01 of float32 on a labelled folder (its test split,
 else validation, else all of it), and the same OOD flag as float32 on 98 % of its images, when one is given.
 
-int8 is static quantisation (QDQ, per-channel int8 weights, uint8 activations, ranges calibrated on training images).
-Measured on the reference ResNet-50 here (2 AVX2 cores, batch 16, the 660 test images): static 2.5x float32's
-throughput with ROC AUC 0.937 vs 0.936; dynamic quantisation (int8 weights, activations quantised on the fly) turns
-every convolution into ConvInteger, which onnxruntime runs ~10x *slower* than float32 on this CPU (1.3 images/s), so
-it is not worth it for a CNN (`--quantization dynamic` remains, e.g. for a model dominated by matrix products). Only
-convolutions and matrix products are quantised; the fusion module, the OOD scorer and the features it reads stay
-float32 (`float_nodes` says why).
+int8 is static quantisation (QDQ, per-channel int8 weights, uint8 activations, ranges calibrated on 64 training
+images), chosen by measurement on the reference ResNet-50 (2 AVX2 cores, the 660 test images): static runs ~1.7x
+float32's throughput (benchmarks/cpu_inference.py) with ROC AUC 0.937 vs 0.936 and the same accuracy; dynamic
+quantisation (int8 weights, activations quantised on the fly) turns every convolution into ConvInteger, which
+onnxruntime runs ~7x *slower* than float32 on this CPU (1.8 vs 12.9 images/s), so it is not worth it for a CNN
+(`--quantization dynamic` remains, e.g. for a model dominated by matrix products; `--compare-quantization` measures
+both). The fusion module, the OOD scorer and the features it reads stay float32 (`float_nodes` says why).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ OPSET = 18
 REPORT_FILE = "export_report.json"
 QUANTIZATION_METHODS = ("static", "dynamic")
 COMPARE_IMAGES = 64
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # the FLOPs; element-wise ops stay float32 (as fast here, and more exact)
 FLOAT_MODULE = "asff_resnet.fusion."
 FP32_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over the verification images
 INT8_ROC_AUC_TOLERANCE = 0.005
@@ -135,15 +134,16 @@ def quiet_exporter() -> Iterator[None]:
 
 
 def float_nodes(model_proto) -> list[str]:
-    """Nodes that quantisation leaves in float32: the fusion module's (its weights' names contain
-    `asff_resnet.fusion.`), the OOD scorer's (those only `ood_score` depends on) and the other readers of the features
-    the scorer reads (the head's first layer), so that they reach it unrounded.
+    """Nodes that quantisation leaves in float32: the OOD scorer's (those only `ood_score` depends on), the other
+    readers of the features it reads (the head's first layer), and the fusion module, from its own layers (their
+    weights' names contain `asff_resnet.fusion.`) down to those features; without an OOD scorer, the fusion's layers.
 
     Why: the scorer weighs the features' small directions heavily (its precision matrix), and the channel fusion's
     softmax over 1024 channels is sharp. With the fusion in int8 the reference model's OOD scores moved by a median
-    factor of 6 and every test image was flagged; with it in float32 they move by a median 10 % and the flags agree,
-    at the same speed (the fusion is ~3 % of the FLOPs)."""
+    factor of 6 and every test image was flagged; with it in float32 they move by a few per cent and the flags agree
+    (the fusion is ~3 % of the FLOPs)."""
     graph = model_proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
     only = set(ood_only_nodes(model_proto))
     inside = [node for node in graph.node if node.name in only]
     produced_inside = {out for node in inside for out in node.output}
@@ -152,6 +152,27 @@ def float_nodes(model_proto) -> list[str]:
     initializers = {i.name for i in graph.initializer}
     fusion = {node.name for node in graph.node
               if any(name in initializers and FLOAT_MODULE in name for name in node.input)}
+    if read and fusion:  # everything on the way from the fusion's layers to the features the scorer reads
+        below: set[str] = set()
+        stack = [name for name in read if name in producers]
+        while stack:
+            node = producers[stack.pop()]
+            if node.name not in below:
+                below.add(node.name)
+                stack.extend(i for i in node.input if i in producers)
+        downstream, frontier = set(fusion), list(fusion)
+        consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        by_name = {node.name: node for node in graph.node}
+        while frontier:
+            for out in by_name[frontier.pop()].output:
+                for node in consumers.get(out, []):
+                    if node.name not in downstream:
+                        downstream.add(node.name)
+                        frontier.append(node.name)
+        fusion |= downstream & below
     return sorted(only | readers | fusion)
 
 
@@ -206,11 +227,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
         if method == "static":
             quantize_static(str(prepared), str(quantized), _Batches(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax)
         elif method == "dynamic":
-            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude)
+            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
         else:
             raise ValueError(f"quantization must be static or dynamic, got {method!r}")
         proto = onnx.load(str(quantized))
