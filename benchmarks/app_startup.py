@@ -1,0 +1,83 @@
+"""Time from `python app.py` to its first answered request, on this machine.
+
+Starts the app as a fresh process (the same command a user types), polls until the server answers, then sends one
+/predict request with a generated lesion image; prints the seconds from launch to the server answering and to the
+first prediction. Repeats and prints the median. The client is imported before the clock starts, so only the app's
+own start-up is timed.
+
+    python benchmarks/app_startup.py [--repeats 3] [--model DIR] [-- extra app.py arguments]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+
+from modeling.synthetic import lesion_image  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_once(image: Path, app_args: list[str], timeout: float = 300) -> tuple[float, float]:
+    """(seconds to the page answering, seconds to the first /predict answer), from the process start."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *app_args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with status {process.returncode}")
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError(f"no answer within {timeout} s")
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        page = time.perf_counter() - start
+        client = Client(url, verbose=False, analytics_enabled=False)
+        client.predict(handle_file(image), api_name="/predict")
+        return page, time.perf_counter() - start
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("app_args", nargs="*", help="extra arguments for app.py (after --)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        image = Path(folder) / "lesion.jpg"
+        lesion_image(1, np.random.default_rng(0), 224).save(image)
+        runs = [launch_once(image, args.app_args) for _ in range(args.repeats)]
+    for i, (page, first) in enumerate(runs):
+        print(f"run {i + 1}: page answers after {page:5.1f} s, first /predict answered after {first:5.1f} s")
+    print(f"median: page {statistics.median(r[0] for r in runs):.1f} s, "
+          f"first answered request {statistics.median(r[1] for r in runs):.1f} s ({os.cpu_count()} CPUs)")
+
+
+if __name__ == "__main__":
+    main()
