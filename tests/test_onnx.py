@@ -262,6 +262,7 @@ def test_cli_refuses_a_backend_it_cannot_have(tiny_model_dir, tmp_path):
     assert error.value.code == 1
 
 
+@pytest.mark.slow
 def test_timm_backbone_exports_and_predicts_like_torch(tmp_path):
     torch.manual_seed(0)
     model_dir = tmp_path / "timm-tiny"
@@ -349,3 +350,43 @@ def test_the_app_refuses_a_backend_it_cannot_have(tiny_model_dir):
     with pytest.raises(SystemExit) as error:
         app.main(["--model", str(tiny_model_dir), "--backend", "onnx-int8"])
     assert "model_quantized.onnx" in str(error.value.code)
+
+
+# --------------------------------------------------------------------------- the README's snippet
+
+
+def readme_snippet() -> str:
+    """The README's onnxruntime-only snippet, as written there."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("**Using the files without this repository**")
+    block = text[text.index("```python\n", start) + len("```python\n"):]
+    return block[:block.index("```")]
+
+
+@pytest.mark.parametrize("colour_constancy, resize_mode", [(False, "crop"), (True, "squash")])
+def test_the_readme_snippet_preprocesses_and_predicts_like_the_processor(exported, tmp_path, colour_constancy,
+                                                                            resize_mode):
+    """Without torch or this repository: the same pixels as the saved processor (to one grey level of bicubic
+    resampling), then the int8 graph's calibrated probabilities, decision and OOD flag."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported, model_dir)
+    build_image_processor(32, color_constancy=colour_constancy, resize_mode=resize_mode).save_pretrained(model_dir)
+    image_path = tmp_path / "wide.png"
+    lesion_image(1, np.random.default_rng(2), 90).resize((131, 90)).save(image_path)  # not square
+    code = readme_snippet()
+    line = 'model_dir, image_path = "checkpoints/asff-resnet50-isic2020", "lesion.jpg"'
+    assert line in code and "import torch" not in code and "modeling" not in code
+    namespace: dict = {}
+    exec(code.replace(line, f"model_dir, image_path = {str(model_dir)!r}, {str(image_path)!r}"), namespace)
+
+    model, processor, info = load_classifier(model_dir)
+    from modeling.image_utils import load_image
+    from modeling.inference import pixel_values
+
+    pixels = pixel_values(processor, load_image(image_path)).numpy()
+    grey_levels = np.abs(namespace["x"] - pixels) * np.asarray(processor.image_std)[:, None, None] * 255
+    assert namespace["x"].shape == pixels.shape and grey_levels.max() <= 1.01
+    expected = predict(model, processor, image_path, backend=load_backend(model_dir, model, processor, "onnx-int8"))
+    assert namespace["probs"] == pytest.approx(expected.probabilities, abs=2e-3)
+    assert namespace["malignant"] == (expected.label == "malignant")
+    assert namespace["flagged"] == (expected.in_distribution is False)
