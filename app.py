@@ -84,6 +84,7 @@ MAX_FILE_SIZE = "20mb"
 MAX_BATCH_FILES = 200
 CONCURRENCY_LIMIT = 2  # CPU: model forwards are serialised anyway (modeling.inference.MODEL_LOCK), this bounds memory
 MAX_EXAMPLES = 8
+WARM_UP_DELAY_S = 3.0  # after the server answers (see warm_up)
 DECISION_CSS = """
 p { margin: 0.2em 0; }
 .headline { font-size: 1.4rem; }
@@ -98,7 +99,8 @@ logger = logging.getLogger(__name__)
 
 # Start-up: Grad-CAM (pytorch_grad_cam, which imports scikit-learn) and the figures (matplotlib) are ~1.5 s of imports
 # that serving the page and the first prediction do not need, so `modeling.explain` and `modeling.plots` are imported
-# on first use, and warmed up as soon as the server answers (`main`). The CAM choices the UI offers are therefore named
+# on first use, and warmed up in the background a few seconds after the server answers (`main`: long before a person
+# has picked an image, and after an API client's first prediction). The CAM choices the UI offers are therefore named
 # here; tests/test_app_models.py checks them against modeling.explain's.
 CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (7x7)", "stage3": "stage3 (14x14)"}
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
@@ -666,7 +668,9 @@ def main(argv: list[str] | None = None) -> None:
                       models=model_choices(args.models_dir, args.model), backend_request=args.backend)
     launch_demo(demo, args.host, args.port, args.share,
                 allowed_paths=[str(args.examples.resolve())] if args.examples else None, prevent_thread_lock=True)
-    warm_up()  # the server already answers; the first analysis then finds Grad-CAM imported
+    timer = threading.Timer(WARM_UP_DELAY_S, warm_up)  # the first analysis then finds Grad-CAM imported
+    timer.daemon = True
+    timer.start()
     demo.block_thread()
 
 

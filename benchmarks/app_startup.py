@@ -5,7 +5,11 @@ Starts the app as a fresh process (the same command a user types), polls until t
 first prediction. Repeats and prints the median. The client is imported before the clock starts, so only the app's
 own start-up is timed.
 
-    python benchmarks/app_startup.py [--repeats 3] [--model DIR] [-- extra app.py arguments]
+    python benchmarks/app_startup.py [--repeats 3] [--compare OTHER_APP.py] [-- extra app.py arguments]
+
+`--compare` times another version of the app too (e.g. `git show COMMIT:app.py > /tmp/app_before.py`), alternating
+with this one, so that both see the same load; it runs with this repository on its path and the reference checkpoint
+as its model.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_once(image: Path, app_args: list[str], timeout: float = 300) -> tuple[float, float]:
+def launch_once(image: Path, app_args: list[str], app: Path = ROOT / "app.py",
+                timeout: float = 300) -> tuple[float, float]:
     """(seconds to the page answering, seconds to the first /predict answer), from the process start."""
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+    if app != ROOT / "app.py":
+        app_args = ["--model", str(ROOT / "checkpoints" / "asff-resnet50-isic2020"), *app_args]
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *app_args], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, str(app), "--port", str(port), *app_args], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -67,16 +74,23 @@ def launch_once(image: Path, app_args: list[str], timeout: float = 300) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compare", type=Path, help="another app.py to time, alternating with this one")
     parser.add_argument("app_args", nargs="*", help="extra arguments for app.py (after --)")
     args = parser.parse_args()
+    apps = {"app.py": ROOT / "app.py", **({str(args.compare): args.compare.resolve()} if args.compare else {})}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
     with tempfile.TemporaryDirectory() as folder:
         image = Path(folder) / "lesion.jpg"
         lesion_image(1, np.random.default_rng(0), 224).save(image)
-        runs = [launch_once(image, args.app_args) for _ in range(args.repeats)]
-    for i, (page, first) in enumerate(runs):
-        print(f"run {i + 1}: page answers after {page:5.1f} s, first /predict answered after {first:5.1f} s")
-    print(f"median: page {statistics.median(r[0] for r in runs):.1f} s, "
-          f"first answered request {statistics.median(r[1] for r in runs):.1f} s ({os.cpu_count()} CPUs)")
+        for _ in range(args.repeats):
+            for name, path in apps.items():
+                runs[name].append(launch_once(image, args.app_args, path))
+    print(f"{os.cpu_count()} CPUs, load average (1 min) now {os.getloadavg()[0]:.1f}")
+    for name, times in runs.items():
+        for i, (page, first) in enumerate(times):
+            print(f"{name} run {i + 1}: page answers after {page:5.1f} s, first /predict answered after {first:5.1f} s")
+        print(f"{name} median: page {statistics.median(r[0] for r in times):.1f} s, "
+              f"first answered request {statistics.median(r[1] for r in times):.1f} s")
 
 
 if __name__ == "__main__":

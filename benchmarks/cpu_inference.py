@@ -135,10 +135,10 @@ def main() -> None:
         ms = statistics.median(values)
         print(f"  {name:18s} {ms:7.1f} ms  ({base / ms:.2f}x lower latency than torch eager)")
     print("targets: onnxruntime fp32 >= 2.0x and int8 >= 3.5x torch eager's images/s; app predict latency >= 2x lower")
-    load = (load_before, os.getloadavg()[0])
-    print(f"load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after"
-          + ("" if max(load) < 1.5 else ": other processes shared these cores, and torch eager's OpenMP threads slow "
-             "down far more than onnxruntime's under contention; rerun on an idle machine"))
+    # This run's own threads raise the load to ~2: only the load before it says whether others shared the cores.
+    print(f"load average (1 min) before the timings: {load_before:.1f}"
+          + ("" if load_before < 1.0 else " (other processes, or a run within the last minute, shared these cores; "
+             "torch eager's OpenMP threads slow down far more than onnxruntime's under contention)"))
     print("(int8 arithmetic is not bound by the float32 FMA peak, so its share can pass 100 %)")
 
 
