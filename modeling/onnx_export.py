@@ -467,9 +467,13 @@ def export_onnx(
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     if failure is not None:
         int8_path.unlink(missing_ok=True)
-        if fp32 == "dir" and "float32" in failure:
+        kept = "nothing kept"
+        if "float32" in failure:
             fp32_path.unlink(missing_ok=True)
-        raise ExportVerificationError(f"{model_dir}: {failure} (report: {out_dir / REPORT_FILE})")
+        else:
+            kept = f"the float32 graph passed its check and is kept ({_where(fp32_path, model_dir)})"
+        raise ExportVerificationError(f"{model_dir}: {failure}; the int8 graph is not written, {kept} "
+                                      f"(report: {out_dir / REPORT_FILE})")
     if update_card and (model_dir / "README.md").is_file():
         write_card_section(model_dir / "README.md", card_line(report))
     return report

@@ -257,7 +257,7 @@ def load_backend(source: str | Path, model: torch.nn.Module, processor, backend:
 def _unavailable(backend: str, reason: str) -> None:
     if backend != AUTO:
         raise OnnxUnavailableError(f"backend {backend}: {reason}")
-    logger.info("%s; predicting with torch.", reason)
+    logger.info("%s; predicting with torch.", reason.rstrip("."))
     return None
 
 
