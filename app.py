@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import html
 import logging
+import os
 import sys
 import tempfile
 import threading
@@ -39,6 +40,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# Figures are only rendered to images here. Naming matplotlib's backend spares it importing pyplot to resolve its
+# default on Gradio's first request (Gradio wraps every request in matplotlib's "agg"): ~0.4 s off the first answer.
+os.environ.setdefault("MPLBACKEND", "agg")
 
 import gradio as gr
 import numpy as np
