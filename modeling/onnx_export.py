@@ -13,10 +13,10 @@ generated ones); int8 ROC AUC within 0.005 and accuracy within 0.01 of float32 o
 else validation, else all of it), and the same OOD flag as float32 on 98 % of its images, when one is given.
 
 int8 is static quantisation (QDQ, per-channel int8 weights, uint8 activations, ranges calibrated on 64 training
-images), chosen by measurement on the reference ResNet-50 (2 AVX2 cores, the 660 test images): static runs ~1.7x
+images), chosen by measurement on the reference ResNet-50 (2 AVX2 cores, the 660 test images): static runs ~1.8x
 float32's throughput (benchmarks/cpu_inference.py) with ROC AUC 0.937 vs 0.936 and the same accuracy; dynamic
 quantisation (int8 weights, activations quantised on the fly) turns every convolution into ConvInteger, which
-onnxruntime runs ~7x *slower* than float32 on this CPU (1.8 vs 12.9 images/s), so it is not worth it for a CNN
+onnxruntime runs ~3x *slower* than float32 on this CPU (4.7 vs 12.9 images/s), so it is not worth it for a CNN
 (`--quantization dynamic` remains, e.g. for a model dominated by matrix products; `--compare-quantization` measures
 both). The fusion module, the OOD scorer and the features it reads stay float32 (`float_nodes` says why).
 """
