@@ -43,7 +43,7 @@ def main() -> None:
     image = Image.fromarray(rng.integers(0, 256, (450, 600, 3), dtype=np.uint8))  # a camera-sized photo
     loaded = {path.name: load_classifier(path)[:2] for path in args.models}
     timings: dict[str, dict[str, list[float]]] = {name: {"explain": [], "predict": []} for name in loaded}
-    for name, (model, processor) in loaded.items():  # warm-up
+    for model, processor in loaded.values():  # warm-up
         explain(model, processor, image)
         predict(model, processor, image)
     for _ in range(args.repeats):
