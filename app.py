@@ -14,7 +14,8 @@ subfolder with a config.json) and the `--model` one, which is the default. Each 
 switching re-runs the analysis with the selected model's decision rule, and the threshold sliders reset to its
 threshold. Predictions (probabilities, TTA, the batch tab) run on onnxruntime when the model directory has ONNX files
 (`--backend`, default the fastest it has, see `modeling/onnx_runtime.py`), else on PyTorch; Grad-CAM and the fusion
-weights always come from PyTorch, and the CAM explains the decision shown.
+weights come from PyTorch (only the layers above the backbone when the model has a float32 graph with its stage maps:
+`modeling/explain.py`), and the CAM explains the decision shown.
 
 How the Classify tab behaves:
 - a new image (upload, paste or example) runs one analysis (`/explain`); clearing it clears the results;
@@ -59,7 +60,7 @@ from modeling.inference import (
     predict_batch,
     write_csv,
 )
-from modeling.onnx_runtime import AUTO, BACKENDS, OnnxClassifier, backend_name, load_backend
+from modeling.onnx_runtime import AUTO, BACKENDS, OnnxClassifier, backend_name, grad_cam_backend, load_backend
 
 MODELS_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_MODEL = MODELS_DIR / "asff-resnet50-isic2020"
@@ -297,13 +298,15 @@ def model_choices(models_dir: str | Path | None, default: str | Path) -> dict[st
 
 @dataclass
 class ServedModel:
-    """One loaded model: the torch model (Grad-CAM, fusion weights), its processor and info, and the onnxruntime
-    graph that serves its predictions (None: torch does)."""
+    """One loaded model: the torch model (Grad-CAM, fusion weights), its processor and info, the onnxruntime graph
+    that serves its predictions (None: torch does) and the one whose backbone serves Grad-CAM (None: the whole torch
+    model does; `served_model` finds it)."""
 
     model: Any
     processor: Any
     info: ModelInfo
     backend: OnnxClassifier | None = None
+    cam_backend: OnnxClassifier | None = None
 
     @property
     def backend_name(self) -> str:
@@ -321,8 +324,9 @@ class ServedModel:
         positive = info.id2label.get(1, "class 1")
         ood = (f"Mahalanobis distance on pooled features, flagged above {info.ood_threshold:.3g}"
                if info.ood_threshold is not None else "not available for this model")
-        runs = ("PyTorch" if self.backend is None
-                else f"onnxruntime ({self.backend_name}, `{self.backend.path.name}`); Grad-CAM: PyTorch")
+        runs = "PyTorch" if self.backend is None else f"onnxruntime ({self.backend_name}, `{self.backend.path.name}`)"
+        runs += ("; Grad-CAM: PyTorch" if self.cam_backend is None else
+                 f"; Grad-CAM: PyTorch above the backbone's stage maps from `{self.cam_backend.path.name}`")
         return (f"**Model:** `{info.name}` ({self.fusion_note()}; {info.num_parameters / 1e6:.1f} M parameters; "
                 f"input {info.image_size} px). Decision threshold {info.decision_threshold:.2f} on calibrated "
                 f"p({positive}); calibration temperature {info.temperature:.2f}; out-of-distribution check: {ood}. "
@@ -358,11 +362,19 @@ class ModelRegistry:
         try:
             model, processor, info = load_classifier(source)
             backend = load_backend(source, model, processor, self.backend)
+            served = served_model(model, processor, dataclasses.replace(info, name=name), backend)
         except Exception as error:  # a broken directory must not take the app down: the user picks another
             logger.exception("could not load %s", source)
             raise gr.Error(f"Could not load the model {name}: {type(error).__name__}: {error}",
                            print_exception=False) from None
-        return ServedModel(model, processor, dataclasses.replace(info, name=name), backend)
+        return served
+
+
+def served_model(model, processor, info: ModelInfo, backend: OnnxClassifier | None) -> ServedModel:
+    """A `ServedModel`; when onnxruntime serves its predictions, Grad-CAM runs torch above the stage maps of its
+    float32 graph if it has one (`grad_cam_backend`). With torch asked for (`backend` None), torch does everything."""
+    cam_backend = None if backend is None else grad_cam_backend(info.source, model, processor, backend)
+    return ServedModel(model, processor, info, backend, cam_backend)
 
 
 def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | None = None, *,
@@ -371,7 +383,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
     """The Blocks app for a loaded classifier (see `modeling.inference.load_classifier`), its onnxruntime `backend`
     (None: predictions with torch) and, for the model dropdown, other models by name (`model_choices`), loaded on first
     use with `backend_request`. The dropdown is shown when there is more than one model."""
-    registry = ModelRegistry(ServedModel(model, processor, info, backend), models, backend_request)
+    registry = ModelRegistry(served_model(model, processor, info, backend), models, backend_request)
 
     def analysis_outputs(served: ServedModel, prediction: Prediction, result, timing: str, session: dict):
         return (
@@ -395,17 +407,18 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         served = registry.get(model_choice)
         image = _open(image_path)
         predicted_ms = None
-        if served.backend is None:  # torch: one forward serves the prediction and the CAM (TTA: 8 views first)
+        if served.backend is None or served.cam_backend is served.backend:
+            # One pass serves the prediction and the CAM (TTA: 8 views first), on torch or the float32 graph
             result = explain(served.model, served.processor, image, target=target, method=method,
-                             threshold=threshold, tta=bool(tta))
-        else:  # onnxruntime predicts (TTA included); the CAM explains its decision
+                             threshold=threshold, tta=bool(tta), backend=served.cam_backend)
+        else:  # another graph predicts (int8; TTA included); the CAM explains its decision
             start = time.perf_counter()
             prediction = predict(served.model, served.processor, image, tta=bool(tta), threshold=threshold,
                                  backend=served.backend)
             predicted_ms = (time.perf_counter() - start) * 1000
             label2id = {label: index for index, label in served.info.id2label.items()}
             result = explain(served.model, served.processor, image, target=target, method=method,
-                             threshold=threshold, cam_class=label2id[prediction.label])
+                             threshold=threshold, cam_class=label2id[prediction.label], backend=served.cam_backend)
             result = dataclasses.replace(result, prediction=prediction)
         parts = ", ".join(f"{k} {v:.0f}" for k, v in result.timing_ms.items() if k != "total")
         total = result.timing_ms["total"]
@@ -440,7 +453,8 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             label2id = {label: index for index, label in served.info.id2label.items()}
             start = time.perf_counter()
             result = explain(served.model, served.processor, session["image"], target=session["target"],
-                             method=session["method"], threshold=threshold, cam_class=label2id[prediction.label])
+                             method=session["method"], threshold=threshold, cam_class=label2id[prediction.label],
+                             backend=served.cam_backend)
             elapsed = (time.perf_counter() - start) * 1000
             session["cam_label"] = result.cam_label
             cam = cam_image(result)
@@ -659,7 +673,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the model dropdown lists every model directory in this folder (default: %(default)s)")
     parser.add_argument("--backend", choices=(AUTO, *BACKENDS), default=AUTO,
                         help="what computes the predictions (default: %(default)s, the fastest ONNX graph the model "
-                             "directory has, else torch); Grad-CAM always uses torch")
+                             "directory has, else torch); Grad-CAM uses torch, above the float32 graph's backbone "
+                             "when there is one")
     parser.add_argument("--examples", type=Path, help="folder of example images (searched recursively)")
     parser.add_argument("--host", default=None, help="server name, e.g. 0.0.0.0 (default: Gradio's, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="server port (default: Gradio's, 7860)")

@@ -29,9 +29,12 @@ from torch import nn
 from .decision import calibrated_probabilities, decide, decision_threshold, temperature
 from .image_utils import ImageSource, load_image
 from .inference import MODEL_LOCK, LogitsOnly, Prediction, make_prediction, pixel_values, run_model
+from .onnx_runtime import OnnxClassifier
 from .plots import cam_overlay, fusion_figure, fusion_message
 
 CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (7x7)", "stage3": "stage3 (14x14)"}
+# Targets whose gradients reach the backbone only through its stage maps: an onnxruntime graph can run the backbone.
+STAGE_MAP_TARGETS = ("fused", "stage4")
 # Gradient- or activation-based methods: one forward (+ one backward). ScoreCAM / AblationCAM run one forward per
 # channel (1024 here), far too slow for an interactive CPU demo, so they are left out.
 CAM_METHODS = {
@@ -109,14 +112,56 @@ class _DecisionTarget:
         return logits[decide(calibrated_probabilities(logits.detach(), self.temperature), self.threshold)]
 
 
+class _StageReplay(nn.Module):
+    """The classifier above its backbone, fed with the stage maps an onnxruntime graph computed for the image
+    (`forward_from_stages`). Every CAM target sits at or above those maps (the stages or the fused map), and the
+    methods here need only the target's activations and gradients, so the CAM is the whole torch model's while torch
+    runs only the small part above the backbone. `low` / `high` are hook points for the stage targets."""
+
+    def __init__(self, model: nn.Module, low: torch.Tensor, high: torch.Tensor):
+        super().__init__()
+        # Not a submodule: Grad-CAM calls .eval() on what it is given, and walking the idle backbone's ~300 modules
+        # costs more than the layers above it run (the model is already in eval mode: `load_classifier`).
+        self.__dict__["model"] = model
+        self.maps = (low, high)
+        self.low, self.high = nn.Identity(), nn.Identity()
+        self.last_output = None
+
+    def parameters(self, recurse: bool = True):  # Grad-CAM reads the device from the first one
+        return self.model.parameters(recurse)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # the pixels already went through the graph
+        low, high = self.maps
+        self.last_output = self.model.forward_from_stages(self.low(low), self.high(high))
+        return self.last_output.logits
+
+
+def _check_cam_backend(model: nn.Module, backend: OnnxClassifier) -> None:
+    if not backend.serves_grad_cam or not hasattr(model, "forward_from_stages"):
+        raise ValueError(f"Grad-CAM cannot run on {backend!r}: it needs a float32 graph with the stage maps "
+                         "(`OnnxClassifier.serves_grad_cam`, export it again) and an ASFF model")
+
+
 def grad_cam(
-    model: nn.Module, pixel_values: torch.Tensor, target: str = "fused", method: str = "gradcam", targets=None
+    model: nn.Module, pixel_values: torch.Tensor, target: str = "fused", method: str = "gradcam", targets=None,
+    backend: OnnxClassifier | None = None,
 ) -> tuple[np.ndarray, Any]:
-    """(H, W) CAM in [0, 1] for the first image, and the model's full output of that forward pass."""
+    """(H, W) CAM in [0, 1] for the first image, and the model's full output of that forward pass. With `backend`
+    (a graph that `serves_grad_cam`), onnxruntime runs the backbone and torch only the layers above it, for the targets
+    whose gradients all pass through the stage maps (`STAGE_MAP_TARGETS`); stage3's also flow through the backbone's
+    last stage, so it runs on the whole torch model."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
-    layer, _ = cam_target_layer(model, target)
-    wrapper = LogitsOnly(model)
+    if backend is None or target not in STAGE_MAP_TARGETS:
+        layer, _ = cam_target_layer(model, target)
+        wrapper = LogitsOnly(model)
+    else:
+        _check_cam_backend(model, backend)
+        cam_target_layer(model, target)  # the same error for an unknown target
+        with MODEL_LOCK:
+            maps = backend(pixel_values, stages=True)
+        wrapper = _StageReplay(model, maps.stage_low, maps.stage_high)
+        layer = {"fused": model.asff_resnet.fusion_output, "stage4": wrapper.high, "stage3": wrapper.low}[target]
 
     def _leaf(module, args, output):
         # Cut the graph at the target: with frozen parameters, only the layers above it are back-propagated.
@@ -202,24 +247,28 @@ def explain(
     threshold: float | None = None,
     tta: bool = False,
     cam_class: int | None = None,
+    backend: OnnxClassifier | None = None,
 ) -> ExplainResult:
     """Prediction (calibrated probabilities, decision, OOD flag), a CAM and the fusion-weight view for one image. The
     CAM explains `cam_class` when given, else the decided class. Without TTA one forward pass serves both the
-    prediction and the CAM; with TTA the probabilities are averaged over 8 views first."""
+    prediction and the CAM; with TTA the probabilities are averaged over 8 views first. With `backend` (a float32
+    graph that `serves_grad_cam`), onnxruntime runs the backbone for both, torch the layers above it."""
     threshold = decision_threshold(model.config) if threshold is None else float(threshold)
+    if backend is not None:
+        _check_cam_backend(model, backend)
     start = time.perf_counter()
     inputs = pixel_values(processor, load_image(image))
     timing = {"preprocess": time.perf_counter() - start}
     prediction = None
     if tta:
-        out = run_model(model, inputs, tta=True)
+        out = run_model(model, inputs, tta=True, backend=backend)
         prediction = make_prediction(model, out.probs[0], threshold, out.view_probs[0],
                                      None if out.ood_scores is None else out.ood_scores[0])
         timing["tta"] = time.perf_counter() - start - sum(timing.values())
         cam_class = decide(out.probs[0], threshold) if cam_class is None else cam_class
     targets = ([ClassifierOutputTarget(cam_class)] if cam_class is not None
                else [_DecisionTarget(threshold, temperature(model.config))])
-    mask, output = grad_cam(model, inputs, target, method, targets)
+    mask, output = grad_cam(model, inputs, target, method, targets, backend)
     timing["cam"] = time.perf_counter() - start - sum(timing.values())
     if prediction is None:
         probs = calibrated_probabilities(output.logits[0].detach().cpu(), temperature(model.config))

@@ -72,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the release folder (its name becomes the model's name)")
     parser.add_argument("--note", help="release notes appended to the model card")
     onnx = parser.add_argument_group("ONNX (--onnx MODEL_DIR)")
-    onnx.add_argument("--onnx", type=Path, metavar="MODEL_DIR", help="write MODEL_DIR/onnx/ (float32 and int8)")
+    onnx.add_argument("--onnx", type=Path, metavar="MODEL_DIR",
+                      help="write MODEL_DIR/onnx/ (float32, and int8 unless --quantization none)")
     onnx.add_argument("--dataset", type=Path, help="image folder: calibration from its train split, checks on its "
                                                    "test split (else validation, else all); default: generated images")
     onnx.add_argument("--fp32", choices=("dir", "cache"), default="dir",
                       help="where the float32 graph goes (default: %(default)s, MODEL_DIR/onnx/)")
-    onnx.add_argument("--quantization", choices=("static", "dynamic"), default="static")
+    onnx.add_argument("--quantization", choices=("static", "dynamic", "none"), default="static",
+                      help="the int8 graph's quantisation; none: the float32 graph only (default: %(default)s)")
     onnx.add_argument("--calibration-images", type=int, default=64)
     onnx.add_argument("--verify-images", type=int, default=64,
                       help="images compared with PyTorch (0: all the checked images; default: %(default)s)")

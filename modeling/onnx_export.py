@@ -44,6 +44,7 @@ from .onnx_runtime import (
     ONNX_DIR,
     ONNX_FILES,
     OUTPUT_NAMES,
+    STAGE_OUTPUTS,
     OnnxClassifier,
     cached_path,
     graph_metadata,
@@ -72,22 +73,32 @@ class ExportVerificationError(RuntimeError):
 
 class OnnxGraph(nn.Module):
     """What the ONNX graph computes: the classifier's outputs named in `outputs`, as a tuple (torch users' forward is
-    untouched: this only wraps it)."""
+    untouched: this only wraps it). With `STAGE_OUTPUTS` among them, the backbone's two stage maps too, from the same
+    pass: the classifier's outputs are then computed from those maps (`forward_from_stages`)."""
 
     def __init__(self, model: nn.Module, outputs: Sequence[str]):
         super().__init__()
         self.model, self.outputs = model, list(outputs)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        output = self.model(pixel_values=pixel_values, return_dict=True)
-        return tuple(getattr(output, name) for name in self.outputs)
+        values = {}
+        if any(name in STAGE_OUTPUTS for name in self.outputs):
+            low, high = self.model.asff_resnet.backbone(pixel_values, return_dict=True).feature_maps
+            output = self.model.forward_from_stages(low, high)
+            values = dict(zip(STAGE_OUTPUTS, (low, high), strict=True))
+        else:
+            output = self.model(pixel_values=pixel_values, return_dict=True)
+        return tuple(values[name] if name in values else getattr(output, name) for name in self.outputs)
 
 
 def graph_outputs(model: nn.Module, image_size: int) -> list[str]:
-    """The outputs the graph gets: `logits`, and `ood_score` / `fusion_weights` when the model returns them."""
+    """The outputs the graph gets: `logits`, and `ood_score` / `fusion_weights` when the model returns them; the stage
+    maps of ASFF models (whose code can classify from them: `forward_from_stages`)."""
     with torch.no_grad():
         output = model(pixel_values=torch.zeros(1, 3, image_size, image_size), return_dict=True)
-    return [name for name in OUTPUT_NAMES if isinstance(getattr(output, name, None), torch.Tensor)]
+    names = [name for name in OUTPUT_NAMES if isinstance(getattr(output, name, None), torch.Tensor)]
+    stages = hasattr(model, "forward_from_stages") and hasattr(model, "asff_resnet")
+    return names + list(STAGE_OUTPUTS) if stages else names
 
 
 def save_with_metadata(model_proto, path: Path, metadata: dict[str, str]) -> Path:
@@ -385,7 +396,8 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Exports, verifies and reports (see the module docstring). `fp32`: "dir" keeps `onnx/model.onnx` in the model
     directory, "cache" puts it in the local cache instead (for checkpoints whose float32 graph is too large to
-    commit). `verify_count`: images compared with torch (0: all the evaluation images). Raises
+    commit). `quantization`: "static", "dynamic", or "none" (float32 only). `verify_count`: images compared with
+    torch (0: all the evaluation images). Raises
     `ExportVerificationError` when a check fails (the failing file is removed; the report is still written)."""
     import onnxruntime
 
@@ -394,6 +406,9 @@ def export_onnx(
     model_dir = Path(model_dir)
     if fp32 not in ("dir", "cache"):
         raise ValueError(f"fp32 must be 'dir' or 'cache', got {fp32!r}")
+    if quantization not in (*QUANTIZATION_METHODS, "none") or (quantization == "none" and compare_quantization):
+        raise ValueError(f"quantization must be one of {QUANTIZATION_METHODS} or 'none' (then without "
+                         f"compare_quantization), got {quantization!r}")
     model, processor, info = load_classifier(model_dir)
     config, size, fingerprint = model.config, input_size(processor), weights_fingerprint(model_dir)
     labels = list(labels_of(config).values())
@@ -411,7 +426,7 @@ def export_onnx(
     metadata = graph_metadata(config, size, fingerprint, "float32")
     export_fp32(model, fp32_path, size, metadata)
     fp32_runner = OnnxClassifier(fp32_path, config, size, fingerprint)
-    report["outputs"] = fp32_runner.output_names
+    report["outputs"] = fp32_runner.output_names + fp32_runner.stage_names
     report["export_seconds"] = round(time.perf_counter() - start, 1)
 
     eval_paths, eval_labels = evaluation_images(dataset, labels)
@@ -431,6 +446,16 @@ def export_onnx(
     if report["fp32"]["vs_torch"]["max_abs_diff_probability"] > FP32_TOLERANCE:
         difference = report["fp32"]["vs_torch"]["max_abs_diff_probability"]
         failure = f"float32 probabilities differ from torch by {difference:.2e} (> {FP32_TOLERANCE})"
+
+    if quantization == "none":  # float32 only: e.g. a model whose int8 graph fails its check (the report says so)
+        report["int8"], report["verified"], report["failure"] = None, failure is None, failure
+        (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        if failure is not None:
+            fp32_path.unlink(missing_ok=True)
+            raise ExportVerificationError(f"{model_dir}: {failure}; nothing kept (report: {out_dir / REPORT_FILE})")
+        if update_card and (model_dir / "README.md").is_file():
+            write_card_section(model_dir / "README.md", card_line(report))
+        return report
 
     calibration_paths = calibration_images(dataset, calibration_count)
     x_calibration = (preprocess(processor, calibration_paths) if calibration_paths
@@ -506,8 +531,10 @@ def card_line(report: dict[str, Any]) -> str:
     line = (f"ONNX (opset {report['opset']}, `{ONNX_DIR}/`): float32 `{ONNX_FILES['onnx']}` "
             f"({'shipped' if fp32['file'].startswith(ONNX_DIR) else 'made on first use into a local cache'}; "
             f"max |Δp| vs PyTorch {fp32['vs_torch']['max_abs_diff_probability']:.1e} on "
-            f"{fp32['vs_torch']['images']} {'real' if report['dataset'] else 'generated'} images) and int8 "
-            f"`{ONNX_FILES['onnx-int8']}` ({int8['quantization']} quantisation, {int8['bytes'] / 1e6:.0f} MB")
+            f"{fp32['vs_torch']['images']} {'real' if report['dataset'] else 'generated'} images)")
+    if int8 is None:
+        return line + f", no int8 graph. Details: `{ONNX_DIR}/{REPORT_FILE}`."
+    line += f" and int8 `{ONNX_FILES['onnx-int8']}` ({int8['quantization']} quantisation, {int8['bytes'] / 1e6:.0f} MB"
     if fp32["metrics"] and int8["metrics"] and "roc_auc" in fp32["metrics"]:
         line += (f"; on {int8['metrics']['images']} test images ROC AUC {int8['metrics']['roc_auc']:.4f} vs float32 "
                  f"{fp32['metrics']['roc_auc']:.4f}, accuracy {int8['metrics']['accuracy']:.4f} vs "

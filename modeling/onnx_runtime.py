@@ -34,9 +34,15 @@ BACKENDS = ("onnx-int8", "onnx", "torch")
 AUTO = "auto"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("logits", "ood_score", "fusion_weights")
+# Graphs of ASFF models also output the backbone's two stage maps: torch then runs only the layers above them
+# (`forward_from_stages`) for Grad-CAM, whose gradients never reach the backbone (`modeling.explain`).
+STAGE_OUTPUTS = ("stage_low", "stage_high")
 METADATA_PREFIX = "asff."
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin")
 HOW_TO_EXPORT = "Make them with `python -m modeling.export --onnx {dir}`."
+# The graph layout: 2 added the stage maps (`STAGE_OUTPUTS`). Cached graphs are keyed by it, so an older cache entry
+# is made again rather than served without them.
+GRAPH_FORMAT = "2"
 
 
 class OnnxMismatchError(ValueError):
@@ -97,7 +103,7 @@ def cache_dir() -> Path:
 def cached_path(model_dir: str | Path, backend: str = "onnx") -> Path | None:
     """The cache's file for this model's weights (None when the directory has no weight files)."""
     fingerprint = weights_fingerprint(model_dir)
-    return None if fingerprint is None else cache_dir() / fingerprint[:16] / ONNX_FILES[backend]
+    return None if fingerprint is None else cache_dir() / f"{fingerprint[:16]}-f{GRAPH_FORMAT}" / ONNX_FILES[backend]
 
 
 def onnx_candidates(model_dir: str | Path, backend: str) -> list[Path]:
@@ -121,8 +127,9 @@ def labels_of(config) -> dict[str, str]:
 def graph_metadata(config, image_size: int, fingerprint: str | None, precision: str,
                    extra: dict[str, Any] | None = None) -> dict[str, str]:
     """What an exported graph records about its model (strings, as ONNX metadata_props are)."""
-    values = {"format": "1", "model_type": config.model_type, "id2label": json.dumps(labels_of(config), sort_keys=True),
-              "image_size": str(image_size), "weights_sha256": fingerprint or "", "precision": precision,
+    values = {"format": GRAPH_FORMAT, "model_type": config.model_type,
+              "id2label": json.dumps(labels_of(config), sort_keys=True), "image_size": str(image_size),
+              "weights_sha256": fingerprint or "", "precision": precision,
               **{k: str(v) for k, v in (extra or {}).items()}}
     return {METADATA_PREFIX + k: v for k, v in values.items()}
 
@@ -161,6 +168,8 @@ class OnnxOutput:
     logits: torch.Tensor
     ood_score: torch.Tensor | None = None
     fusion_weights: torch.Tensor | None = None
+    stage_low: torch.Tensor | None = None  # only when asked for (`stages=True`)
+    stage_high: torch.Tensor | None = None
 
 
 class OnnxClassifier:
@@ -196,18 +205,28 @@ class OnnxClassifier:
         self.metadata = {k[len(METADATA_PREFIX):]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
         self.backend = backend or ("onnx-int8" if self.metadata.get("precision") == "int8" else "onnx")
         self.output_names = [n for n in names if n in OUTPUT_NAMES]
+        self.stage_names = [n for n in STAGE_OUTPUTS if n in names]
 
     @property
     def name(self) -> str:
         return self.backend
 
-    def run(self, pixel_values: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        x = pixel_values.detach().cpu().numpy() if isinstance(pixel_values, torch.Tensor) else pixel_values
-        values = self.session.run(self.output_names, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
-        return dict(zip(self.output_names, values, strict=True))
+    @property
+    def serves_grad_cam(self) -> bool:
+        """A float32 graph that outputs the stage maps: Grad-CAM can run torch above them (`modeling.explain`). An
+        int8 graph's maps are quantised, so a CAM from them would not be the model's."""
+        return len(self.stage_names) == len(STAGE_OUTPUTS) and self.metadata.get("precision") == "float32"
 
-    def __call__(self, pixel_values: torch.Tensor | np.ndarray) -> OnnxOutput:
-        return OnnxOutput(**{k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in self.run(pixel_values).items()})
+    def run(self, pixel_values: torch.Tensor | np.ndarray, stages: bool = False) -> dict[str, np.ndarray]:
+        """The graph's outputs by name; the stage maps too with `stages` (large: leave them out for batches)."""
+        x = pixel_values.detach().cpu().numpy() if isinstance(pixel_values, torch.Tensor) else pixel_values
+        names = self.output_names + (self.stage_names if stages else [])
+        values = self.session.run(names, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(names, values, strict=True))
+
+    def __call__(self, pixel_values: torch.Tensor | np.ndarray, stages: bool = False) -> OnnxOutput:
+        return OnnxOutput(**{k: torch.from_numpy(np.asarray(v, np.float32))
+                             for k, v in self.run(pixel_values, stages).items()})
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({self.backend}, {self.path})"
@@ -254,6 +273,28 @@ def load_backend(source: str | Path, model: torch.nn.Module, processor, backend:
                                  + HOW_TO_EXPORT.format(dir=model_dir))
 
 
+def grad_cam_backend(source: str | Path, model: torch.nn.Module, processor,
+                     runner: OnnxClassifier | None = None) -> OnnxClassifier | None:
+    """The graph Grad-CAM can run on (`OnnxClassifier.serves_grad_cam`): `runner` itself when it is one, else the
+    model's float32 graph in its directory or the cache; None (Grad-CAM runs the whole torch model) when there is none
+    (or `source` is None: the user asked for torch). Never exports: a faster CAM does not justify a minute-long export
+    at request time."""
+    if runner is not None and runner.serves_grad_cam:
+        return runner
+    if source is None or not Path(source).is_dir() or not onnxruntime_available():
+        return None
+    size, fingerprint = input_size(processor), weights_fingerprint(source)
+    for path in onnx_candidates(source, "onnx"):
+        try:
+            candidate = OnnxClassifier(path, model.config, size, fingerprint, backend="onnx")
+        except OnnxMismatchError:
+            continue
+        if candidate.serves_grad_cam:
+            logger.info("%s: Grad-CAM above the stage maps of %s", Path(source).name, path)
+            return candidate
+    return None
+
+
 def _unavailable(backend: str, reason: str) -> None:
     if backend != AUTO:
         raise OnnxUnavailableError(f"backend {backend}: {reason}")
@@ -271,6 +312,7 @@ __all__ = [
     "BACKENDS",
     "ONNX_DIR",
     "ONNX_FILES",
+    "STAGE_OUTPUTS",
     "OnnxClassifier",
     "OnnxMismatchError",
     "OnnxOutput",
@@ -278,6 +320,7 @@ __all__ = [
     "backend_name",
     "cache_dir",
     "cached_path",
+    "grad_cam_backend",
     "graph_metadata",
     "input_size",
     "load_backend",

@@ -77,7 +77,9 @@ def test_export_writes_the_hub_layout_with_its_metadata_and_report(exported):
         assert graph.graph.input[0].name == "pixel_values"
         assert dims[0].dim_param and not dims[0].dim_value  # a dynamic batch axis
         assert [d.dim_value for d in dims[1:]] == [3, 32, 32]  # the processor's input size
-        assert [o.name for o in graph.graph.output] == ["logits", "ood_score", "fusion_weights"]
+        # the backbone's stage maps last: Grad-CAM runs torch above them (`modeling.explain`)
+        assert [o.name for o in graph.graph.output] == ["logits", "ood_score", "fusion_weights", "stage_low",
+                                                        "stage_high"]
         assert meta["asff.precision"] == precision and meta["asff.opset"] == str(OPSET)
         assert json.loads(meta["asff.id2label"]) == {"0": "benign", "1": "malignant"}
         assert meta["asff.image_size"] == "32" and meta["asff.weights_sha256"] == weights_fingerprint(exported)
@@ -270,12 +272,93 @@ def test_timm_backbone_exports_and_predicts_like_torch(tmp_path):
     AsffResNetForImageClassification(config).save_pretrained(model_dir)
     build_image_processor(64, color_constancy=True).save_pretrained(model_dir)
     report = export_onnx(model_dir, calibration_count=8, verify_count=0)
-    assert report["verified"] and report["outputs"] == ["logits", "fusion_weights"] and report["image_size"] == 64
+    assert report["verified"] and report["image_size"] == 64
+    assert report["outputs"] == ["logits", "fusion_weights", "stage_low", "stage_high"]
     model, processor, _ = load_classifier(model_dir)
     backend = load_backend(model_dir, model, processor, "onnx")
     image = lesion_image(1, np.random.default_rng(0), 80)
     assert predict(model, processor, image, backend=backend).probabilities == pytest.approx(
         predict(model, processor, image).probabilities, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- Grad-CAM above the graph's stage maps
+
+
+@pytest.mark.parametrize("target", ["fused", "stage4", "stage3"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+def test_grad_cam_on_the_float32_graph_is_the_torch_models(exported, sample, target, method):
+    """onnxruntime runs the backbone, torch the layers above its stage maps: the same CAM (every target; stage3's
+    gradients also flow through the backbone's last stage, so it runs on torch alone), probabilities, OOD score and
+    fusion weights as the whole torch model."""
+    from modeling.explain import explain
+
+    model, processor, _ = load_classifier(exported)
+    backend = load_backend(exported, model, processor, "onnx")
+    assert backend.serves_grad_cam and backend.stage_names == ["stage_low", "stage_high"]
+    for image, cam_class in [(sample[0], None), (sample[1], 0), (sample[2], 1)]:
+        ours = explain(model, processor, image, target, method, cam_class=cam_class, backend=backend)
+        theirs = explain(model, processor, image, target, method, cam_class=cam_class)
+        assert ours.cam_label == theirs.cam_label and ours.label == theirs.label
+        assert np.abs(ours.cam - theirs.cam).max() <= 1e-4
+        assert ours.probabilities == pytest.approx(theirs.probabilities, abs=1e-5)
+        assert ours.prediction.ood_score == pytest.approx(theirs.prediction.ood_score, rel=1e-4, abs=1e-4)
+        assert np.abs(ours.fusion_weights - theirs.fusion_weights).max() <= 1e-5
+    with_tta = explain(model, processor, sample[0], target, method, tta=True, backend=backend)
+    assert with_tta.probabilities == pytest.approx(explain(model, processor, sample[0], target, method,
+                                                           tta=True).probabilities, abs=1e-5)
+
+
+def test_only_a_float32_graph_with_the_stage_maps_serves_grad_cam(exported, tmp_path, sample, monkeypatch):
+    from modeling import onnx_export
+    from modeling.explain import explain
+    from modeling.onnx_runtime import grad_cam_backend
+
+    model, processor, _ = load_classifier(exported)
+    int8 = load_backend(exported, model, processor, "onnx-int8")
+    assert not int8.serves_grad_cam  # its stage maps are quantised: a CAM from them is not the model's
+    with pytest.raises(ValueError, match="float32 graph with the stage maps"):
+        explain(model, processor, sample[0], backend=int8)
+    fp32 = grad_cam_backend(exported, model, processor, int8)  # int8 predicts; the float32 graph serves the CAM
+    assert fp32.path == exported / "onnx" / "model.onnx" and fp32.serves_grad_cam
+    assert grad_cam_backend(exported, model, processor, fp32) is fp32
+    # A graph exported before the stage maps (or by a model whose code lacks `forward_from_stages`): torch does it.
+    older = tmp_path / "older"
+    shutil.copytree(exported, older)
+    monkeypatch.setattr(onnx_export, "graph_outputs", lambda model, size: ["logits", "ood_score", "fusion_weights"])
+    onnx_export.export_fp32(model, older / "onnx" / "model.onnx", 32,
+                            {p.key: p.value for p in onnx.load(str(exported / "onnx" / "model.onnx")).metadata_props})
+    runner = load_backend(older, model, processor, "onnx")
+    assert runner.stage_names == [] and not runner.serves_grad_cam
+    assert grad_cam_backend(older, model, processor, runner) is None
+    assert grad_cam_backend(None, model, processor, None) is None  # torch asked for: torch does everything
+
+
+def test_a_cached_graph_of_the_older_layout_is_made_again(exported, tmp_path):
+    """The cache is keyed by the graph layout too, so a float32 graph cached before the stage maps is not served."""
+    from modeling.onnx_runtime import GRAPH_FORMAT
+
+    path = cached_path(exported)
+    assert path.parent.name.endswith(f"-f{GRAPH_FORMAT}") and GRAPH_FORMAT == "2"
+    meta = {p.key: p.value for p in onnx.load(str(exported / "onnx" / "model.onnx")).metadata_props}
+    assert meta["asff.format"] == GRAPH_FORMAT
+
+
+def test_export_without_int8(exported, tmp_path):
+    from modeling.export import main as export_cli
+
+    model_dir = tmp_path / "fp32-only"
+    shutil.copytree(exported, model_dir)
+    shutil.rmtree(model_dir / "onnx")
+    assert export_cli(["--onnx", str(model_dir), "--quantization", "none", "--verify-images", "0"]) == 0
+    assert sorted(p.name for p in (model_dir / "onnx").iterdir()) == ["export_report.json", "model.onnx"]
+    report = json.loads((model_dir / "onnx" / "export_report.json").read_text())
+    assert report["verified"] and report["int8"] is None
+    assert "no int8 graph" in " ".join((model_dir / "README.md").read_text().split())
+    model, processor, _ = load_classifier(model_dir)
+    backend = load_backend(model_dir, model, processor)  # auto: the float32 graph, which also serves Grad-CAM
+    assert backend.backend == "onnx" and backend.serves_grad_cam
+    with pytest.raises(ValueError, match="compare_quantization"):
+        export_onnx(model_dir, quantization="none", compare_quantization=True)
 
 
 # --------------------------------------------------------------------------- the reference checkpoint
@@ -297,6 +380,26 @@ def test_the_reference_checkpoint_ships_a_matching_int8_graph():
     assert report["fp32"]["vs_torch"]["images"] == 660 and report["fp32"]["vs_torch"]["decision_agreement"] == 1.0
     fp32, int8 = report["fp32"]["metrics"], report["int8"]["metrics"]
     assert abs(int8["roc_auc"] - fp32["roc_auc"]) <= 0.005 and abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01
+
+
+@pytest.mark.slow
+def test_the_lite0_checkpoint_ships_a_float32_graph_that_serves_predictions_and_grad_cam():
+    """asff-lite0-isic ships `onnx/model.onnx` (16 MB; its int8 graph failed the check, so there is none): it belongs
+    to the committed weights, `auto` serves it, and Grad-CAM above its stage maps is the torch model's."""
+    from modeling.explain import explain
+
+    lite0 = ROOT / "checkpoints" / "asff-lite0-isic"
+    model, processor, _ = load_classifier(lite0)
+    backend = load_backend(lite0, model, processor)
+    assert backend.path == lite0 / "onnx" / "model.onnx" and backend.serves_grad_cam
+    assert backend.path.stat().st_size < 70e6 and not (lite0 / "onnx" / "model_quantized.onnx").exists()
+    report = json.loads((lite0 / "onnx" / "export_report.json").read_text())
+    assert report["verified"] and report["int8"] is None and report["weights_sha256"] == weights_fingerprint(lite0)
+    assert report["fp32"]["vs_torch"]["decision_agreement"] == 1.0 and report["fp32"]["metrics"]["images"] == 660
+    image = lesion_image(1, np.random.default_rng(3), 300)
+    ours, theirs = explain(model, processor, image, backend=backend), explain(model, processor, image)
+    assert np.abs(ours.cam - theirs.cam).max() <= 1e-4 and ours.label == theirs.label
+    assert ours.probabilities == pytest.approx(theirs.probabilities, abs=1e-5)
 
 
 @pytest.mark.slow
@@ -341,7 +444,32 @@ def test_the_app_predicts_with_onnxruntime_and_explains_its_decision_with_torch(
     label2id = {label: index for index, label in info.id2label.items()}
     assert calls[-1]["cam_class"] == label2id[expected.label]  # the CAM explains the decision shown
     assert result["cam_label"] == expected.label and "predict (onnx-int8)" in timing
-    assert "onnxruntime (onnx-int8" in json.dumps(demo.get_config_file(), default=str)  # the About tab says so
+    # int8 predicts; Grad-CAM runs torch above the float32 graph's stage maps, and the About tab says so
+    assert calls[-1]["backend"].path == exported / "onnx" / "model.onnx"
+    about = json.dumps(demo.get_config_file(), default=str)
+    assert "onnxruntime (onnx-int8" in about and "above the backbone's stage maps from `model.onnx`" in about
+
+
+def test_the_app_explains_in_one_pass_on_the_float32_graph(exported, sample, monkeypatch):
+    """Served by the float32 graph (e.g. a checkpoint that ships no int8 one), one onnxruntime pass gives the
+    prediction and the stage maps Grad-CAM needs; `--backend torch` keeps everything on torch."""
+    import app
+
+    model, processor, info = load_classifier(exported)
+    fp32 = load_backend(exported, model, processor, "onnx")
+    monkeypatch.setattr(app, "predict", lambda *a, **k: pytest.fail("a second model run"))
+    for backend, cam_backend in [(fp32, fp32), (None, None)]:
+        demo = app.build_demo(model, processor, info, backend=backend)
+        fns = {f.name: f.fn for f in demo.fns.values()}
+        calls, real_explain = [], app.explain
+        monkeypatch.setattr(app, "explain",
+                            lambda *a, real=real_explain, calls=calls, **k: calls.append(k) or real(*a, **k))
+        _, _, result, *_ = fns["analyse"](str(sample[0]), 0.5, False, "fused", "gradcam")
+        assert len(calls) == 1 and calls[0]["backend"] is cam_backend
+        assert result["backend"] == ("onnx" if backend else "torch")
+        assert result["probabilities"] == pytest.approx(
+            predict(model, processor, str(sample[0]), threshold=0.5).probabilities, abs=1e-5)
+        monkeypatch.setattr(app, "explain", real_explain)
 
 
 def test_the_app_refuses_a_backend_it_cannot_have(tiny_model_dir):

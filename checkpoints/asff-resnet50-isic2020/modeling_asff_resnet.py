@@ -270,6 +270,13 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
         )
         features = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         low, high = features.feature_maps
+        output = self.fuse(low, high, hidden_states=features.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+    def fuse(self, low: torch.Tensor, high: torch.Tensor, hidden_states: tuple | None = None) -> AsffResNetModelOutput:
+        """Everything above the backbone, from its two stage maps: fusion, pooling and the OOD stage features. Its own
+        method so that stage maps computed elsewhere (an onnxruntime graph of the backbone, `modeling.onnx_runtime`)
+        give the torch outputs, and Grad-CAM's backward, without running the backbone again."""
         if self.fusion is None:
             fused, weights = high, None
         else:
@@ -279,11 +286,10 @@ class AsffResNetModel(AsffResNetPreTrainedModel):
         stage_pooled = None
         if getattr(self.config, "ood_feature", "pooled") == "stages":
             stage_pooled = torch.cat([low.mean(dim=(2, 3)), high.mean(dim=(2, 3))], dim=1)
-        output = AsffResNetModelOutput(
-            last_hidden_state=fused, pooler_output=pooled, fusion_weights=weights, hidden_states=features.hidden_states,
+        return AsffResNetModelOutput(
+            last_hidden_state=fused, pooler_output=pooled, fusion_weights=weights, hidden_states=hidden_states,
             stage_pooled=stage_pooled,
         )
-        return output if return_dict else output.to_tuple()
 
 
 def _submodule(network: nn.Module, name: str) -> nn.Module:
@@ -332,6 +338,16 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.asff_resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        output = self._classify(outputs, labels)
+        return output if return_dict else output.to_tuple()
+
+    def forward_from_stages(self, low: torch.Tensor, high: torch.Tensor) -> AsffResNetImageClassifierOutput:
+        """The classifier's outputs from the backbone's two stage maps (`AsffResNetModel.fuse`): what `forward` gives
+        for the image those maps came from."""
+        return self._classify(self.asff_resnet.fuse(low, high))
+
+    def _classify(self, outputs: AsffResNetModelOutput, labels: torch.LongTensor | None = None
+                  ) -> AsffResNetImageClassifierOutput:
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         ood_features = None
@@ -339,11 +355,10 @@ class AsffResNetForImageClassification(AsffResNetPreTrainedModel):
             ood_features = torch.cat([outputs.stage_pooled, outputs.pooler_output], dim=1)
         scored = ood_features if ood_features is not None else outputs.pooler_output
         ood_score = self.ood_scorer(scored) if self.ood_scorer is not None else None
-        output = AsffResNetImageClassifierOutput(
+        return AsffResNetImageClassifierOutput(
             loss=loss, logits=logits, fusion_weights=outputs.fusion_weights, hidden_states=outputs.hidden_states,
             pooler_output=outputs.pooler_output, ood_score=ood_score, ood_features=ood_features,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [
