@@ -171,3 +171,16 @@ def test_the_api_takes_the_model_by_name(models_dir, image_path):
         assert client.predict(handle_file(image_path), 0.5, False, api_name="/predict")[2]["model"] == "asff-tiny"
     finally:
         demo.close()
+
+
+@pytest.mark.slow
+def test_the_app_opens_on_the_recommended_model_with_the_reference_one_in_the_dropdown():
+    """`python app.py` serves asff-lite0-isic (better on validation across both sources, README "Shipped models");
+    the paper's ASFF-ResNet-50 is one dropdown choice away. Its float32 graph predicts and serves Grad-CAM."""
+    assert app.DEFAULT_MODEL == app.MODELS_DIR / "asff-lite0-isic" and app.DEFAULT_MODEL.is_dir()
+    choices = app.model_choices(app.MODELS_DIR, app.DEFAULT_MODEL)
+    assert {"asff-lite0-isic", "asff-resnet50-isic2020"} <= set(choices)
+    model, processor, info = app.load_or_exit(app.DEFAULT_MODEL)
+    served = app.served_model(model, processor, info, app.backend_or_exit(app.DEFAULT_MODEL, model, processor))
+    assert served.backend is not None and served.cam_backend is served.backend
+    assert "Grad-CAM: PyTorch above the backbone's stage maps" in served.about()
