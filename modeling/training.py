@@ -10,6 +10,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import softmax
+from sklearn.metrics import roc_auc_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from transformers import (
@@ -215,9 +217,37 @@ def attach_transforms(prepared: PreparedData, processor, strength: float, augmen
         split.set_transform(make_transform_fn(transform))
 
 
-def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    return compute_classification_metrics(softmax(logits, axis=-1), np.asarray(prediction.label_ids))
+SOURCE_MEAN_METRIC = "source_mean_roc_auc"
+
+
+def make_compute_metrics(sources: Sequence[str] | None = None) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Trainer's `compute_metrics`: the pooled metrics; with two or more sources (`sources`: the validation split's
+    `source` column, in its order) also each source's ROC AUC (`roc_auc_<source>`) and their mean,
+    `source_mean_roc_auc`, the selection metric that weighs every source alike (`--metric_for_best_model
+    source_mean_roc_auc`), whatever their sizes. A source without both classes has no ROC AUC and is left out of the
+    mean."""
+    sources = None if sources is None or len(set(sources)) < 2 else np.asarray(sources)
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        probs, labels = softmax(logits, axis=-1), np.asarray(prediction.label_ids)
+        metrics = compute_classification_metrics(probs, labels)
+        if sources is None or len(sources) != len(labels) or probs.shape[1] != 2:
+            return metrics
+        per_source = {}
+        for name in sorted(set(sources.tolist())):
+            keep = sources == name
+            if len(np.unique(labels[keep])) == 2:
+                per_source[name] = float(roc_auc_score(labels[keep], probs[keep, 1]))
+        metrics.update({f"roc_auc_{name}": value for name, value in per_source.items()})
+        if per_source:
+            metrics[SOURCE_MEAN_METRIC] = float(np.mean(list(per_source.values())))
+        return metrics
+
+    return compute_metrics
+
+
+compute_metrics = make_compute_metrics()  # one source: the pooled metrics
 
 
 def class_weighted_loss(weights: torch.Tensor):
@@ -474,12 +504,15 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         loss_func = class_weighted_loss(balanced_class_weights(train["label"], len(prepared.labels)))
     elif model_args.class_weighting != "none":
         raise UsageError(f"class_weighting must be 'none' or 'balanced', got {model_args.class_weighting!r}")
+    validation_split = prepared.dataset.get("validation")
+    sources = None
+    if validation_split is not None and len(prepared.sources) > 1:
+        sources = validation_split.with_format(None)["source"]
     # The Trainer never pushes (its push would run before the report exists, and again per checkpoint): the
     # finished folder is pushed once, at the end (push_folder).
     trainer = Trainer(
-        model=model, args=replace(args, push_to_hub=False), train_dataset=train,
-        eval_dataset=prepared.dataset.get("validation"),
-        data_collator=collate_fn, processing_class=processor, compute_metrics=compute_metrics,
+        model=model, args=replace(args, push_to_hub=False), train_dataset=train, eval_dataset=validation_split,
+        data_collator=collate_fn, processing_class=processor, compute_metrics=make_compute_metrics(sources),
         compute_loss_func=loss_func, callbacks=callbacks,
     )
     if model_args.skip_training:
@@ -692,6 +725,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
     if model_args.do_eval_only:
         return evaluate_only(model_args, data_args, args)
     check_arguments(model_args)
+    if args.metric_for_best_model in (SOURCE_MEAN_METRIC, f"eval_{SOURCE_MEAN_METRIC}") and (
+            isinstance(data_args.dataset, str) or len(data_args.dataset or []) < 2):
+        raise UsageError(f"--metric_for_best_model {SOURCE_MEAN_METRIC} needs two or more --dataset sources "
+                         "(with one, use roc_auc)")
     prepared = prepare_data(data_args, args.seed)
     if data_args.save_dataset_to or data_args.push_dataset_to_hub:
         save_or_push_dataset(prepared, data_args)

@@ -114,7 +114,8 @@ def two_source_run(tmp_path_factory, two_sources) -> Path:
     args = parse_args(["--dataset", str(a), str(b), "--config_name", str(config_dir), "--output_dir", str(out),
                        "--num_train_epochs", "1", "--validation_fraction", "0.25", "--test_fraction", "0.2",
                        "--drop_duplicates", "true", "--color_constancy", "true", "--resize_mode", "squash",
-                       "--augmentation", "dermoscopy", *TINY_TRAIN_ARGS])
+                       "--augmentation", "dermoscopy", "--metric_for_best_model", "source_mean_roc_auc",
+                       *TINY_TRAIN_ARGS])
     training.main(*args)
     return out
 
@@ -149,6 +150,41 @@ def test_training_reports_every_metric_per_source_and_pooled(two_source_run):
     assert processor["auto_map"]["AutoImageProcessor"].startswith("image_processing_asff_resnet.")
     assert (two_source_run / "image_processing_asff_resnet.py").is_file()
     assert "srcA" in (two_source_run / "README.md").read_text()
+
+
+def test_checkpoints_are_selected_on_the_mean_of_the_per_source_validation_roc_aucs(two_source_run):
+    settings = json.loads((two_source_run / "metrics.json").read_text())["settings"]
+    assert settings["metric_for_best_model"] == "source_mean_roc_auc"
+    state = json.loads(next(two_source_run.glob("checkpoint-*/trainer_state.json")).read_text())
+    evaluation = [entry for entry in state["log_history"] if "eval_source_mean_roc_auc" in entry][-1]
+    per_source = [evaluation["eval_roc_auc_srcA"], evaluation["eval_roc_auc_srcB"]]
+    assert evaluation["eval_source_mean_roc_auc"] == pytest.approx(np.mean(per_source))
+    assert state["best_metric"] == pytest.approx(evaluation["eval_source_mean_roc_auc"])
+
+
+def test_the_per_source_metric_weighs_every_source_alike():
+    from transformers import EvalPrediction
+
+    # Source "big" (8 images) is ranked perfectly, "small" (4) backwards: pooled ROC AUC would favour "big".
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1])
+    p1 = np.array([.1, .2, .3, .4, .6, .7, .8, .9, .8, .9, .1, .2])
+    logits = np.log(np.stack([1 - p1, p1], axis=1))
+    sources = ["big"] * 8 + ["small"] * 4
+    metrics = training.make_compute_metrics(sources)(EvalPrediction(predictions=logits, label_ids=labels))
+    assert metrics["roc_auc_big"] == pytest.approx(1.0) and metrics["roc_auc_small"] == pytest.approx(0.0)
+    assert metrics["source_mean_roc_auc"] == pytest.approx(0.5) and 0.5 < metrics["roc_auc"] < 1.0
+    one_class = training.make_compute_metrics(["big"] * 8 + ["small"] * 2 + ["x"] * 2)(
+        EvalPrediction(predictions=logits, label_ids=labels))  # "small" all benign, "x" all malignant: left out
+    assert "roc_auc_small" not in one_class and one_class["source_mean_roc_auc"] == pytest.approx(1.0)
+    assert "source_mean_roc_auc" not in training.make_compute_metrics(["big"] * 12)(
+        EvalPrediction(predictions=logits, label_ids=labels))
+
+
+def test_the_per_source_metric_needs_several_sources(two_sources, tmp_path):
+    a, _ = two_sources
+    with pytest.raises(training.UsageError, match="two or more --dataset sources"):
+        training.main(*parse_args(["--dataset", str(a), "--output_dir", str(tmp_path / "out"),
+                                   "--metric_for_best_model", "source_mean_roc_auc", *TINY_TRAIN_ARGS]))
 
 
 def test_release_export_keeps_the_processor_code(two_source_run, tmp_path):
