@@ -20,6 +20,8 @@ from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling.lesion_focus import summarise  # noqa: E402
+from modeling.metrics import compute_classification_metrics  # noqa: E402
 from modeling.metrics.statistics import bootstrap_ci, choose_threshold, paired_bootstrap  # noqa: E402
 from modeling.report import format_interval, format_number  # noqa: E402
 
@@ -55,19 +57,12 @@ def evaluate(run: dict) -> dict:
     for name, (split, source) in SETS.items():
         index = rows(run, split, source)
         ci = bootstrap_ci(labels[index], p[index], threshold=t, n_resamples=1000)
-        from modeling.metrics.statistics import _batched_metrics
-
-        point = {k: float(v[0]) for k, v in _batched_metrics(labels[index], p[index].astype(np.float32), t,
-                                                            np.arange(len(index))[None]).items()}
+        point = compute_classification_metrics(p[index], labels[index], threshold=t)
         result[name] = {"n": int(len(index)), "roc_auc": point["roc_auc"], "roc_auc_ci95": ci["roc_auc"],
                         "accuracy": point["accuracy"], "accuracy_ci95": ci["accuracy"],
                         "sensitivity": point["recall"], "specificity": point["specificity"]}
-    shares = np.asarray(run["frame_share_test"], dtype=float)
-    shares = shares[np.isfinite(shares)]
-    rng = np.random.default_rng(0)
-    means = [shares[rng.integers(0, len(shares), len(shares))].mean() for _ in range(1000)]
-    result["frame_share"] = {"n": int(len(shares)), "mean": float(shares.mean()), "median": float(np.median(shares)),
-                             "mean_ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+    shares = summarise(np.asarray(run["frame_share_test"], dtype=float))  # NaN (an all-zero CAM) left out
+    result["frame_share"] = {key: shares[key] for key in ("n", "mean", "median", "mean_ci95")}
     return result
 
 
