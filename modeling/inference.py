@@ -87,6 +87,17 @@ class Prediction:
                 "interval": list(self.interval) if self.interval else None}
 
 
+def local_model_dir(source: str | Path) -> Path:
+    """Where a model's files are: a local directory as it is; a Hub id downloaded (`snapshot_download`: weights, code,
+    card and its `onnx/` graphs, into the Hub cache) so that onnxruntime can serve it as it serves a local directory
+    (`modeling.onnx_runtime` looks up ONNX files in local directories only)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(source)))
+
+
 def model_name(source: str | Path) -> str:
     """A Hub id as it is; a local directory by its name only (the UI must not show server paths)."""
     path = Path(source)

@@ -1,17 +1,29 @@
 """Hugging Face Space entry point: the project's demo (its `app.py`, shipped beside this file as `demo.py`) serving
-the model named by the Space variable MODEL_ID (a Hub model id; a local directory works too)."""
+the model named by the Space variable MODEL_ID (a Hub model id; a local directory works too).
 
+The model repository is downloaded whole (its ONNX graphs included), so predictions run on onnxruntime and Grad-CAM
+runs torch above the graph's backbone when the repository has them, as `python app.py` does with a local directory."""
+
+import dataclasses
 import os
 import sys
 
 MODEL_ID = os.environ.get("MODEL_ID", "").strip()
 if not MODEL_ID:  # checked before the heavy imports, so a misconfigured Space fails fast with a clear message
     sys.exit("Set the Space variable MODEL_ID to the Hub id of a model saved by train_hf.py "
-             "(e.g. your-name/asff-resnet50-isic2020).")
+             "(e.g. your-name/asff-lite0-isic).")
 
-from demo import build_demo, launch_demo, load_or_exit  # noqa: E402
+from demo import backend_or_exit, build_demo, launch_demo, load_or_exit  # noqa: E402
 
-demo = build_demo(*load_or_exit(MODEL_ID))
+from modeling.inference import local_model_dir  # noqa: E402
+
+try:
+    MODEL_DIR = local_model_dir(MODEL_ID)
+except Exception as error:  # unknown repository, no access, offline
+    sys.exit(f"Could not download the model {MODEL_ID}: {type(error).__name__}: {error}")
+model, processor, info = load_or_exit(MODEL_DIR)
+info = dataclasses.replace(info, name=MODEL_ID.rstrip("/").split("/")[-1])  # not the snapshot's hash
+demo = build_demo(model, processor, info, backend=backend_or_exit(MODEL_DIR, model, processor))
 
 if __name__ == "__main__":
     launch_demo(demo)  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, as Spaces set them

@@ -5,6 +5,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,11 +70,39 @@ def test_space_without_model_id_fails_fast(tmp_path):
 
 @pytest.mark.slow
 def test_assembled_space_serves_predict(tmp_path, tiny_model_dir):
+    """The Space serves the model's ONNX graph when the model has one (here a float32 graph: onnxruntime predicts)."""
+    from modeling.export import main as export_cli
+
+    model_dir = tmp_path / "tiny-with-onnx"
+    shutil.copytree(tiny_model_dir, model_dir)
+    assert export_cli(["--onnx", str(model_dir), "--quantization", "none", "--verify-images", "0"]) == 0
     target = load_upload_script().assemble(tmp_path / "space")
     image = tmp_path / "lesion.jpg"
     lesion_image(1, np.random.default_rng(0)).save(image)
     port = free_port()
-    env = space_env(MODEL_ID=str(tiny_model_dir), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    env = space_env(MODEL_ID=str(model_dir), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
     with served_client([sys.executable, "app.py"], target, env, port, tmp_path / "space.log") as client:
-        probs, decision, _ = client.predict(handle_file(image), 0.5, False, api_name="/predict")
+        probs, decision, result = client.predict(handle_file(image), 0.5, False, api_name="/predict")
         assert probs["label"] in ("benign", "malignant") and "Prediction" in decision
+        assert result["backend"] == "onnx" and result["model"] == "tiny-with-onnx"
+
+
+def test_a_hub_model_is_served_from_its_downloaded_repository(tmp_path, monkeypatch):
+    """A Hub id is downloaded whole (ONNX graphs included), so the Space serves it like a local directory."""
+    import huggingface_hub
+
+    from modeling.inference import local_model_dir
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id: calls.append(repo_id) or str(tmp_path))
+    assert local_model_dir("someone/asff-lite0-isic") == tmp_path and calls == ["someone/asff-lite0-isic"]
+    assert local_model_dir(tmp_path) == tmp_path and len(calls) == 1  # a local directory as it is
+
+
+def test_space_with_an_unreachable_model_fails_with_a_clear_message(tmp_path):
+    target = load_upload_script().assemble(tmp_path / "space")
+    env = space_env(MODEL_ID="nobody-here/no-such-model", HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "app.py"], cwd=target, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "Could not download the model nobody-here/no-such-model" in result.stderr
+    assert "Traceback" not in result.stderr
