@@ -103,6 +103,8 @@ p { margin: 0.2em 0; }
 .not-meaningful .headline, .not-meaningful .detail { color: var(--body-text-color-subdued); opacity: 0.6; }
 .not-meaningful .headline strong { text-decoration: line-through; }
 """
+# Wide Markdown tables (the model card's) scroll sideways on a phone instead of running off the screen.
+APP_CSS = "#model-card table, #about-model table { display: block; max-width: 100%; overflow-x: auto; }"
 logger = logging.getLogger(__name__)
 
 # Start-up: Grad-CAM (pytorch_grad_cam, which imports scikit-learn) and the figures (matplotlib) are ~1.5 s of imports
@@ -191,12 +193,22 @@ def _open(path: str):
     return image
 
 
-def probability_text(prediction: Prediction) -> str:
+def decimals_that_separate(probability: float, threshold: float, minimum: int = 3, maximum: int = 6) -> int:
+    """The fewest decimals (at least `minimum`) at which the rounded probability and threshold still compare as the
+    exact values do, so that "p = 0.444 < threshold 0.444" never appears on screen."""
+    for digits in range(minimum, maximum + 1):
+        p, t = round(probability, digits), round(threshold, digits)
+        if (p >= t) == (probability >= threshold) and (p != t or probability == threshold):
+            return digits
+    return maximum
+
+
+def probability_text(prediction: Prediction, digits: int = 3) -> str:
     """'p(malignant) = 0.620 ± 0.050 (range 0.550–0.700 over 8 views)' for a two-class prediction (the spread with
     TTA only); the decided class's probability otherwise."""
     labels = list(prediction.probabilities)
     name = labels[1] if len(labels) == 2 else prediction.label
-    text = f"p({name}) = {prediction.probabilities[name]:.3f}"
+    text = f"p({name}) = {prediction.probabilities[name]:.{digits}f}"
     if prediction.spread is not None:
         text += f" ± {prediction.spread:.3f}"
         if prediction.interval is not None:
@@ -231,8 +243,9 @@ def decision_html(prediction: Prediction) -> str:
     if len(prediction.probabilities) == 2:
         positive = list(prediction.probabilities)[1]
         sign = "≥" if prediction.label == positive else "<"  # the decision already applied the rule
-        parts.append(f'<p class="detail">{_text(probability_text(prediction))} {sign} threshold '
-                     f"{prediction.threshold:.2f}</p>")
+        digits = decimals_that_separate(prediction.probabilities[positive], prediction.threshold)
+        parts.append(f'<p class="detail">{_text(probability_text(prediction, digits))} {sign} threshold '
+                     f"{prediction.threshold:.{digits}f}</p>")
     else:
         parts.append(f'<p class="detail">{_text(probability_text(prediction))} (most probable class)</p>')
     parts.append(f'<p class="ood-note">{_text(ood_text(prediction))}</p>')
@@ -250,17 +263,31 @@ def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | No
 
 
 def cam_caption(cam_label: str, target: str, method: str) -> str:
-    from modeling.explain import CAM_HOW_TO_READ
+    from modeling.explain import CAM_HOW_TO_READ, CAM_HOW_TO_READ_CLASS_AGNOSTIC, CLASS_AGNOSTIC_METHODS
 
-    return (f"**Grad-CAM of *{cam_label}*** ({CAM_TARGETS.get(target, target)}, {method}). "
-            + CAM_HOW_TO_READ.format(label=cam_label))
+    where = f"({CAM_TARGETS.get(target, target)}, {method})"
+    if method in CLASS_AGNOSTIC_METHODS:
+        return f"**{method}, the same for every class** {where}. " + CAM_HOW_TO_READ_CLASS_AGNOSTIC
+    return f"**Grad-CAM of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
+
+
+def cam_subject(result) -> str:
+    """What the CAM on screen explains: 'Grad-CAM of *malignant*', or the method for one that ignores the class."""
+    from modeling.explain import CLASS_AGNOSTIC_METHODS
+
+    if result.method in CLASS_AGNOSTIC_METHODS:
+        return f"{result.method} (the same for every class)"
+    return f"Grad-CAM of *{result.cam_label}*"
 
 
 def cam_image(result) -> np.ndarray:
-    """The CAM overlay with its colour scale, whose high end names the class it explains."""
+    """The CAM overlay with its colour scale, whose high end names the class it explains (none for a method that
+    ignores the class)."""
+    from modeling.explain import CLASS_AGNOSTIC_METHODS
     from modeling.plots import with_colour_scale
 
-    return with_colour_scale(result.cam_overlay, "low", f"high: {result.cam_label}")
+    high = "high" if result.method in CLASS_AGNOSTIC_METHODS else f"high: {result.cam_label}"
+    return with_colour_scale(result.cam_overlay, "low", high)
 
 
 def unique_names(paths: list[str]) -> tuple[list[str], bool]:
@@ -428,8 +455,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             parts = f"predict ({served.backend_name}) {predicted_ms:.0f}, " + parts
             total += predicted_ms
         views = f", {result.prediction.views} TTA views" if tta else ""
-        timing = (f"Inference time: **{total:.0f} ms** ({parts} ms{views}); "
-                  f"Grad-CAM of *{result.cam_label}*")
+        timing = f"Inference time: **{total:.0f} ms** ({parts} ms{views}); {cam_subject(result)}"
         session = {"image": image_path, "prediction": result.prediction, "cam_label": result.cam_label,
                    "target": result.target, "method": result.method, "model": served.info.name}
         return analysis_outputs(served, result.prediction, result, timing, session)
@@ -461,8 +487,8 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             session["cam_label"] = result.cam_label
             cam = cam_image(result)
             caption = cam_caption(result.cam_label, result.target, result.method)
-            timing = (f"Grad-CAM recomputed for *{result.cam_label}* in **{elapsed:.0f} ms** (the decision changed "
-                      "with the threshold; the probabilities are the cached ones)")
+            timing = (f"{cam_subject(result)}, recomputed in **{elapsed:.0f} ms** (the decision changed with the "
+                      "threshold; the probabilities are the cached ones)")
         return ((prediction.label, prediction.probabilities), decision_html(prediction),
                 prediction_json(prediction, served.info, session["cam_label"], served.backend_name), cam, caption,
                 timing, session)
@@ -525,17 +551,24 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
     def threshold_label(served: ServedModel) -> str:
         return f"Decision threshold on p({served.info.id2label.get(1, 'class 1')})"
 
+    def model_threshold(model_choice):
+        """The selected model's decision threshold (the reset buttons)."""
+        return registry.get(model_choice).info.decision_threshold
+
     @_user_errors
     def on_model(model_choice, image_path, tta, target, method):
-        """Another model: its thresholds on both sliders, its About text, and the analysis of the image on screen
-        re-run with it (decision, threshold, CAM all from the selected model)."""
+        """Another model: its thresholds on both sliders, its About text, no batch results (they were the other
+        model's), and the analysis of the image on screen re-run with it (decision, threshold, CAM all from the
+        selected model)."""
         served = registry.get(model_choice)
         threshold_value = served.info.decision_threshold
         sliders = [gr.update(value=threshold_value, label=threshold_label(served)) for _ in range(2)]
         about = [served.about(), served.info.card_text or NO_CARD]
+        batch = (gr.update(value={"headers": table_columns(served.info), "data": []},
+                           headers=table_columns(served.info)), None, "")
         if image_path is None:
-            return (*sliders, *about, *cleared(model_choice))
-        return (*sliders, *about, *analyse(image_path, threshold_value, tta, target, method, model_choice))
+            return (*sliders, *about, *batch, *cleared(model_choice))
+        return (*sliders, *about, *batch, *analyse(image_path, threshold_value, tta, target, method, model_choice))
 
     default = registry.get(None)
     with gr.Blocks(title="ASFF-ResNet skin-lesion classifier (research demo)", analytics_enabled=False) as demo:
@@ -549,9 +582,12 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
                 with gr.Column():
                     image = raw_upload(gr.Image(label="Lesion image", type="filepath", sources=["upload", "clipboard"],
                                                 height=300, elem_id="lesion-image"))
+                    # Gradio's own reset button goes back to the value the page loaded with, not the selected
+                    # model's threshold: hidden, and a button of ours resets to the model's.
                     threshold = gr.Slider(0.0, 1.0, value=info.decision_threshold, step=0.01, elem_id="threshold",
-                                          label=threshold_label(default),
+                                          label=threshold_label(default), buttons=[],
                                           info="Default: the threshold chosen on validation (model config), else 0.5")
+                    reset_threshold = gr.Button("↺ The model's threshold", size="sm", elem_id="reset-threshold")
                     tta = gr.Checkbox(False, label="Test-time augmentation (8 flips/rotations, averaged; shows the "
                                                    "spread)", elem_id="tta")
                     with gr.Row():
@@ -579,15 +615,19 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         with gr.Tab("Batch"):
             files = gr.File(file_count="multiple", label="Images", type="filepath", elem_id="batch-files")
             with gr.Row():
-                batch_threshold = gr.Slider(0.0, 1.0, value=info.decision_threshold, step=0.01,
-                                            label=threshold_label(default), elem_id="batch-threshold")
+                with gr.Column(min_width=240):
+                    batch_threshold = gr.Slider(0.0, 1.0, value=info.decision_threshold, step=0.01, buttons=[],
+                                                label=threshold_label(default), elem_id="batch-threshold")
+                    reset_batch_threshold = gr.Button("↺ The model's threshold", size="sm",
+                                                      elem_id="reset-batch-threshold")
                 batch_tta = gr.Checkbox(False, label="Test-time augmentation")
             batch_button = gr.Button("Classify all", variant="primary")
             batch_summary = gr.Markdown(elem_id="batch-summary", label="Batch summary")
             # `file` and `label` pinned (on screen on a phone while the rest scrolls sideways), fixed widths so that
             # empty columns do not squeeze their headers into a tall stack.
             columns = table_columns(info)
-            widths = {"file": "120px", "label": "110px", "in_distribution": "120px", "error": "220px"}
+            widths = {"file": "120px", "label": "110px", "in_distribution": "120px", "error": "220px",
+                      **{c: "115px" for c in columns if c.startswith("p_")}}  # "p_malignant" on one line
             table = gr.Dataframe(value={"headers": columns, "data": []}, headers=columns, interactive=False,
                                  wrap=True, pinned_columns=2, column_widths=[widths.get(c, "95px") for c in columns],
                                  elem_id="batch-table", label="Predictions (a file that cannot be read gets its error)")
@@ -624,8 +664,12 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         # `.input`: the user picked a model (not a programmatic change). A model that fails to load shows its error
         # and leaves the image and results as they were.
         model_choice.input(on_model, [model_choice, image, tta, target, method],
-                           [threshold, batch_threshold, about, card, *outputs], api_visibility="private").success(
+                           [threshold, batch_threshold, about, card, table, csv_file, batch_summary, *outputs],
+                           api_visibility="private").success(
             on_threshold, [session, threshold], threshold_outputs, api_visibility="private", show_progress="hidden")
+        reset_threshold.click(model_threshold, [model_choice], [threshold], api_visibility="private", queue=False)
+        reset_batch_threshold.click(model_threshold, [model_choice], [batch_threshold], api_visibility="private",
+                                    queue=False)
         gr.on([], run_predict, [image, threshold, tta, model_choice], [probs, decision, result_json],
               api_name="predict")
         batch_button.click(run_batch, [files, batch_threshold, batch_tta, model_choice],
@@ -638,7 +682,7 @@ def launch_demo(demo: gr.Blocks, host: str | None = None, port: int | None = Non
                 allowed_paths: list[str] | None = None, **kwargs):
     """Launches with the app's limits; `host`/`port` None leave Gradio's defaults (and its GRADIO_SERVER_* env)."""
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
-                       allowed_paths=allowed_paths, **kwargs)
+                       allowed_paths=allowed_paths, css=APP_CSS, **kwargs)
 
 
 def load_or_exit(source: str | Path):

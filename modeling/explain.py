@@ -47,6 +47,13 @@ CAM_METHODS = {
     "eigengradcam": EigenGradCAM,
     "gradcam-elementwise": GradCAMElementWise,
 }
+# Methods whose map ignores the class (EigenCAM: the first principal component of the target's activations): the same
+# map for every class, so the UI must not say it explains one.
+CLASS_AGNOSTIC_METHODS = ("eigencam",)
+CAM_HOW_TO_READ_CLASS_AGNOSTIC = (
+    "Warm colours (red) mark where the target layer's activations vary most (their first principal component). "
+    "EigenCAM ignores the class: the map is the same whichever class is decided. It does not outline the lesion."
+)
 CAM_HOW_TO_READ = (
     "Warm colours (red) mark the regions that raised the score of **{label}** most; blue ones had little influence. "
     "It shows where the model looked, not why, and it does not outline the lesion."
@@ -302,6 +309,8 @@ def explain(
 
 __all__ = [
     "CAM_HOW_TO_READ",
+    "CAM_HOW_TO_READ_CLASS_AGNOSTIC",
+    "CLASS_AGNOSTIC_METHODS",
     "CAM_METHODS",
     "CAM_TARGETS",
     "ExplainResult",

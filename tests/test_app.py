@@ -123,7 +123,7 @@ def test_predict_returns_calibrated_probabilities_and_the_json(client, files, lo
     assert result["label"] == probs["label"] == expected.label and result["threshold"] == 0.5
     assert result["model"] == info.name and result["in_distribution"] is True and result["tta"] is False
     assert result["ood_score"] <= result["ood_threshold"] and result["spread"] is None
-    assert "Prediction" in decision and "threshold 0.50" in decision and OOD_WARNING not in decision
+    assert "Prediction" in decision and "threshold 0.500" in decision and OOD_WARNING not in decision
     # The label honours the threshold on p(malignant).
     assert client.predict(handle_file(files["lesion0.jpg"]), 0.0, True, api_name="/predict")[0]["label"] == "malignant"
     assert client.predict(handle_file(files["lesion0.jpg"]), 1.0, False, api_name="/predict")[0]["label"] == "benign"
@@ -165,8 +165,10 @@ def test_explain(client, files, target, method):
         handle_file(files["lesion1.jpg"]), 0.5, target == "stage4", target, method, api_name="/explain")
     assert sum(confidences(probs).values()) == pytest.approx(1, abs=1e-4) and "Prediction" in decision
     assert result["cam_label"] == result["label"] == probs["label"]
-    assert f"Grad-CAM of *{result['label']}*" in caption and "Warm colours" in caption
-    assert f"Grad-CAM of *{result['label']}*" in timing and "no CAM" not in timing
+    subject = ("eigencam (the same for every class)" if method == "eigencam"  # it ignores the class
+               else f"Grad-CAM of *{result['label']}*")
+    assert subject in timing and "no CAM" not in timing and "Warm colours" in caption
+    assert (f"Grad-CAM of *{result['label']}*" in caption) == (method != "eigencam")
     width, height = Image.open(cam).size
     assert height > width  # the overlay with its colour scale under it
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image")
@@ -273,7 +275,7 @@ def test_threshold_change_uses_the_cached_result_and_refreshes_the_cam_on_a_flip
     assert result["label"] != session["prediction"].label == session["cam_label"]
     assert probs == (result["label"], session["prediction"].probabilities)  # the cached probabilities
     assert flipped["cam_label"] == result["cam_label"] == result["label"]
-    assert f"Grad-CAM of *{result['label']}*" in caption and f"Grad-CAM recomputed for *{result['label']}*" in timing
+    assert f"Grad-CAM of *{result['label']}*" in caption and f"Grad-CAM of *{result['label']}*, recomputed" in timing
     assert isinstance(cam, np.ndarray) and "no CAM" not in timing
 
     *_, unchanged = on_threshold(flipped, flipped_threshold)  # the same threshold again: nothing to do
@@ -293,11 +295,26 @@ def test_decision_headline():
     in_dist = Prediction({"benign": 0.38, "malignant": 0.62}, "malignant", 0.5, tta=True, views=8, spread=0.05,
                          interval=(0.55, 0.7), ood_score=1.0, ood_threshold=2.0)
     text = app.decision_html(in_dist)
-    assert "p(malignant) = 0.620 ± 0.050 (range 0.550–0.700 over 8 views) ≥ threshold 0.50" in text
+    assert "p(malignant) = 0.620 ± 0.050 (range 0.550–0.700 over 8 views) ≥ threshold 0.500" in text
     assert "within the model's threshold" in text and OOD_WARNING not in text
     out = app.decision_html(Prediction({"benign": 0.7, "malignant": 0.3}, "benign", 0.4, ood_score=3.0,
                                        ood_threshold=2.0))
-    assert OOD_WARNING in out and "(not meaningful)" in out and "p(malignant) = 0.300 < threshold 0.40" in out
+    assert OOD_WARNING in out and "(not meaningful)" in out and "p(malignant) = 0.300 < threshold 0.400" in out
+
+
+@pytest.mark.parametrize("p, threshold, shown", [
+    (0.44427, 0.4443, "p(malignant) = 0.44427 < threshold 0.44430"),  # 3 or 4 decimals would read as equal
+    (0.44427, 0.4234604, "p(malignant) = 0.444 ≥ threshold 0.423"),
+    (0.4212, 0.4234604, "p(malignant) = 0.421 < threshold 0.423"),
+    (0.42345, 0.4234604, "p(malignant) = 0.4234 < threshold 0.4235"),
+    (0.5, 0.5, "p(malignant) = 0.500 ≥ threshold 0.500"),
+])
+def test_the_shown_probability_and_threshold_compare_as_the_decision_did(p, threshold, shown):
+    """Rounded for display, a probability just below the threshold must not read as equal to it or above it: both
+    get as many decimals as it takes (3 at least)."""
+    label = "malignant" if p >= threshold else "benign"
+    text = app.decision_html(Prediction({"benign": 1 - p, "malignant": p}, label, threshold))
+    assert shown in text, text
 
 
 def test_unique_names():
@@ -351,3 +368,15 @@ def test_only_bad_input_is_shown_as_its_message():
     with pytest.raises(gr.Error, match="Internal error") as error:
         app._user_errors(bug)()
     assert "broadcast" not in str(error.value)
+
+
+def test_eigencam_is_not_said_to_explain_a_class(tiny_model_dir, files):
+    """EigenCAM ignores the class (the same map for every decision): the caption, the colour scale and the timing
+    line say so instead of naming the decided class."""
+    demo = app.build_demo(*load_classifier(tiny_model_dir))
+    *_, cam, caption, _, _, timing, session = handler(demo, "analyse")(str(files["lesion1.jpg"]), 0.5, False,
+                                                                        "fused", "eigencam")
+    assert "the same for every class" in caption and "Grad-CAM of" not in caption
+    assert "eigencam (the same for every class)" in timing and "Grad-CAM of" not in timing
+    gradcam = handler(demo, "analyse")(str(files["lesion1.jpg"]), 0.5, False, "fused", "gradcam")
+    assert cam.shape == gradcam[3].shape and not np.array_equal(cam, gradcam[3])  # its scale names no class

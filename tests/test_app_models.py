@@ -96,13 +96,17 @@ def test_switching_reanalyses_with_the_selected_model(demo, models_dir, image_pa
     monkeypatch.setattr(app, "explain", lambda *a, **k: calls.append((a[0], k)) or real_explain(*a, **k))
     on_model, on_threshold = handler(demo, "on_model"), handler(demo, "on_threshold")
 
-    threshold, batch_threshold, about, card, probs, decision, result, cam, caption, *_, session = on_model(
-        "lite0-tiny", image_path, False, "fused", "gradcam")
+    threshold, batch_threshold, about, card, table, csv_file, summary, probs, decision, result, cam, caption, *_, \
+        session = on_model("lite0-tiny", image_path, False, "fused", "gradcam")
+    assert table["value"]["data"] == [] and csv_file is None and summary == ""  # no batch rows of the other model
     timm_model, timm_processor, _ = load_classifier(models_dir / "lite0-tiny")
     expected = predict(timm_model, timm_processor, image_path, threshold=TIMM_THRESHOLD)
     assert threshold["value"] == batch_threshold["value"] == pytest.approx(TIMM_THRESHOLD)  # sliders reset
     assert "`lite0-tiny`" in about and result["model"] == session["model"] == "lite0-tiny"
-    assert result["threshold"] == pytest.approx(TIMM_THRESHOLD) and f"threshold {TIMM_THRESHOLD:.2f}" in decision
+    assert result["threshold"] == pytest.approx(TIMM_THRESHOLD) and f"threshold {TIMM_THRESHOLD:.3f}" in decision
+    # The reset buttons go back to the selected model's threshold, not the one the page loaded with.
+    assert handler(demo, "model_threshold")("lite0-tiny") == pytest.approx(TIMM_THRESHOLD)
+    assert handler(demo, "model_threshold")("asff-tiny") == pytest.approx(0.5)
     assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
     assert result["label"] == expected.label == result["cam_label"] == probs[0]
     assert isinstance(cam, np.ndarray) and f"Grad-CAM of *{expected.label}*" in caption

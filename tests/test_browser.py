@@ -226,7 +226,7 @@ def test_one_analysis_per_image_and_the_decision_follows_every_threshold_control
     expect(number).to_have_value(re.compile(r"^0\.97"))
     assert_decision_matches_threshold(page)
     # The reset button: back to the model's threshold.
-    page.locator('#threshold button[aria-label="Reset to default value"]').click()
+    page.locator("#reset-threshold").click()
     expect(number).to_have_value(re.compile(rf"^{loaded[2].decision_threshold:.2f}"))
     assert_decision_matches_threshold(page)
     # Dragging the slider.
