@@ -656,7 +656,8 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         if example_set is not None:
             pick = example_set.click(lambda index: str(examples[index]), example_set, image, api_visibility="private",
                                      queue=False, show_progress="hidden")
-            after_analysis(pick.then(analyse, inputs, outputs, api_visibility="private"))
+            # The examples sit below the results: on a phone the results would be a screen above, out of sight.
+            after_analysis(pick.then(analyse, inputs, outputs, api_visibility="private", scroll_to_output=True))
         image.clear(cleared, [model_choice], outputs, api_visibility="private", queue=False, show_progress="hidden")
         # `.change` covers every way the threshold moves: dragging, arrow keys, the number box, the reset button.
         threshold.change(on_threshold, [session, threshold], threshold_outputs, api_visibility="private",
