@@ -384,7 +384,7 @@ def test_the_reference_checkpoint_ships_a_matching_int8_graph():
 
 @pytest.mark.slow
 def test_the_lite0_checkpoint_ships_a_float32_graph_that_serves_predictions_and_grad_cam():
-    """asff-lite0-isic ships `onnx/model.onnx` (16 MB; its int8 graph failed the check, so there is none): it belongs
+    """asff-lite0-isic ships `onnx/model.onnx` (16 MB; no int8 graph: it failed its check): it belongs
     to the committed weights, `auto` serves it, and Grad-CAM above its stage maps is the torch model's."""
     from modeling.explain import explain
 
