@@ -72,7 +72,7 @@ HOW_TO_GET_A_MODEL = (
 )
 DISCLAIMER = (
     "**Research demo, NOT a diagnostic device.** The models were trained on public dermoscopy data sets (ISIC) "
-    "for research; it has not been clinically validated and must not be used to diagnose, treat or rule out any "
+    "for research; they have not been clinically validated and must not be used to diagnose, treat or rule out any "
     "condition. See a dermatologist about any skin lesion that worries you."
 )
 NO_IMAGE = "Upload an image first."
