@@ -105,6 +105,7 @@ p { margin: 0.2em 0; }
 """
 # Wide Markdown tables (the model card's) scroll sideways on a phone instead of running off the screen.
 APP_CSS = "#model-card table, #about-model table { display: block; max-width: 100%; overflow-x: auto; }"
+SCROLL_TO_RESULTS = "() => document.querySelector('#decision')?.scrollIntoView({block: 'start'})"
 logger = logging.getLogger(__name__)
 
 # Start-up: Grad-CAM (pytorch_grad_cam, which imports scikit-learn) and the figures (matplotlib) are ~1.5 s of imports
@@ -193,7 +194,7 @@ def _open(path: str):
     return image
 
 
-def decimals_that_separate(probability: float, threshold: float, minimum: int = 3, maximum: int = 6) -> int:
+def decimals_that_separate(probability: float, threshold: float, minimum: int = 3, maximum: int = 12) -> int:
     """The fewest decimals (at least `minimum`) at which the rounded probability and threshold still compare as the
     exact values do, so that "p = 0.444 < threshold 0.444" never appears on screen."""
     for digits in range(minimum, maximum + 1):
@@ -656,8 +657,11 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         if example_set is not None:
             pick = example_set.click(lambda index: str(examples[index]), example_set, image, api_visibility="private",
                                      queue=False, show_progress="hidden")
+            analysed = pick.then(analyse, inputs, outputs, api_visibility="private")
+            after_analysis(analysed)
             # The examples sit below the results: on a phone the results would be a screen above, out of sight.
-            after_analysis(pick.then(analyse, inputs, outputs, api_visibility="private", scroll_to_output=True))
+            # (`scroll_to_output=True` does not scroll in this Gradio.)
+            analysed.success(None, js=SCROLL_TO_RESULTS, queue=False, show_progress="hidden")
         image.clear(cleared, [model_choice], outputs, api_visibility="private", queue=False, show_progress="hidden")
         # `.change` covers every way the threshold moves: dragging, arrow keys, the number box, the reset button.
         threshold.change(on_threshold, [session, threshold], threshold_outputs, api_visibility="private",

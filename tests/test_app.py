@@ -308,6 +308,7 @@ def test_decision_headline():
     (0.4212, 0.4234604, "p(malignant) = 0.421 < threshold 0.423"),
     (0.42345, 0.4234604, "p(malignant) = 0.4234 < threshold 0.4235"),
     (0.5, 0.5, "p(malignant) = 0.500 ≥ threshold 0.500"),
+    (0.3704320, 0.3704321, "p(malignant) = 0.3704320 < threshold 0.3704321"),  # a threshold typed to 7 decimals
 ])
 def test_the_shown_probability_and_threshold_compare_as_the_decision_did(p, threshold, shown):
     """Rounded for display, a probability just below the threshold must not read as equal to it or above it: both
