@@ -103,8 +103,12 @@ p { margin: 0.2em 0; }
 .not-meaningful .headline, .not-meaningful .detail { color: var(--body-text-color-subdued); opacity: 0.6; }
 .not-meaningful .headline strong { text-decoration: line-through; }
 """
-# Wide Markdown tables (the model card's) scroll sideways on a phone instead of running off the screen.
-APP_CSS = "#model-card table, #about-model table { display: block; max-width: 100%; overflow-x: auto; }"
+# Wide Markdown tables (the model card's) scroll sideways on a phone instead of running off the screen; the probability
+# bars are greyed out with the headline when the image is out of distribution (the decision is not meaningful).
+APP_CSS = """
+#model-card table, #about-model table { display: block; max-width: 100%; overflow-x: auto; }
+#decision:has(.not-meaningful) ~ #probabilities { opacity: 0.45; }
+"""
 SCROLL_TO_RESULTS = "() => document.querySelector('#decision')?.scrollIntoView({block: 'start'})"
 logger = logging.getLogger(__name__)
 

@@ -206,6 +206,7 @@ def test_one_analysis_per_image_and_the_decision_follows_every_threshold_control
     wait_for_analysis(page)
     expect(page.locator("#fusion-plot img")).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator("#probabilities")).to_contain_text("%")
+    assert page.locator("#probabilities").evaluate("e => getComputedStyle(e).opacity") == "1"  # in distribution
     wait_for_requests(analysis_requests, 1)
     assert analysis_requests == ["lesion_a.jpg"]  # one request for one upload
     assert_decision_matches_threshold(page)
@@ -286,7 +287,8 @@ def test_ood_warning_failed_input_and_no_image(open_page, files, tmp_path):
     expect(page.locator("#decision")).to_contain_text("(not meaningful)")
     opacity = page.locator("#decision .headline").evaluate("e => getComputedStyle(e).opacity")
     assert float(opacity) < 1  # greyed out
-    expect(page.locator("#probabilities")).to_contain_text("%")  # still shown
+    expect(page.locator("#probabilities")).to_contain_text("%")  # still shown, greyed out with the headline
+    assert float(page.locator("#probabilities").evaluate("e => getComputedStyle(e).opacity")) < 1
     screenshot(page, "ood.png", tmp_path)
 
     # A decompression bomb: its message, and nothing left from the previous image (nor the bomb's preview).
