@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import softmax
-from sklearn.metrics import roc_auc_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from transformers import (
@@ -238,7 +237,7 @@ def make_compute_metrics(sources: Sequence[str] | None = None) -> Callable[[Eval
         for name in sorted(set(sources.tolist())):
             keep = sources == name
             if len(np.unique(labels[keep])) == 2:
-                per_source[name] = float(roc_auc_score(labels[keep], probs[keep, 1]))
+                per_source[name] = compute_classification_metrics(probs[keep], labels[keep])["roc_auc"]
         metrics.update({f"roc_auc_{name}": value for name, value in per_source.items()})
         if per_source:
             metrics[SOURCE_MEAN_METRIC] = float(np.mean(list(per_source.values())))
