@@ -605,7 +605,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
                                        label="Decision")
                     probs = decision_label(gr.Label(label="Class probabilities (calibrated)", show_heading=False,
                                                     elem_id="probabilities"))
-                    cam = gr.Image(label="Class activation map (the chosen CAM method)", type="numpy",
+                    cam = gr.Image(label="Class activation map", type="numpy",
                                    interactive=False, format="png", height=320, elem_id="cam")
                     caption = gr.Markdown(elem_id="cam-caption", label="Grad-CAM caption")
                     timing = gr.Markdown(elem_id="timing", label="Timing")
