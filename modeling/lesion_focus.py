@@ -10,6 +10,12 @@ writes `cam_frame_share.json` (summary: mean with a bootstrap 95 % CI, median, s
 count of all-zero CAMs, which are left out; per source and pooled; and every image's value) and
 `cam_frame_share_worst.png` (the 8 images with the highest share) into DIR (default MODEL_DIR/report). The report
 written after training (`training.train_one`, `evaluate_only`) includes the same, on the test split.
+
+A reference without segmentations (`lesion_mask`, `lesion_reference`): a proxy lesion mask per image (the dark blob
+that Otsu's threshold finds, the classic unsupervised dermoscopy segmentation) gives what a CAM that followed the
+lesion would score (the mask's own frame share), the share of the CAM's mass on the lesion against the mask's share
+of the area (lift 1: no preference for the lesion), and how the CAM's frame share tracks the lesion's (Spearman).
+It is a proxy: hair, rulers and dark vignettes fool Otsu's threshold on some images.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .decision import calibrated_probabilities, temperature
-from .explain import _denormalise, cam_frame_share, raw_grad_cams
+from .explain import _denormalise, cam_frame_share, cam_target_layer, raw_grad_cams
 from .image_utils import ImageSource, load_image, to_rgb
 from .metrics.statistics import _bootstrap, finite_or_none
 
@@ -75,6 +82,154 @@ def stratified_sample(groups: Sequence, limit: int | None, seed: int = SAMPLE_SE
         counts[k] += 1
     chosen = [rng.choice(rows[name], size=count, replace=False) for name, count in zip(names, counts, strict=True)]
     return np.sort(np.concatenate(chosen))
+
+
+MASK_SMOOTHING = 0.01  # Gaussian sigma, as a share of the image side: hair and pores do not split the lesion
+MASK_HAIR = 0.04  # the closing window for hair removal, as a share of the side (9 px at 224)
+MASK_OPENING = 2  # iterations of a binary opening: strips thin dark structures (hair, ruler ticks) off the blob
+MASK_BLACK = 0.2  # grey level (0-1) below which a region reaching the corners is the dermoscope's black surround
+MASK_RIM = 0.05  # how far (a share of the side) the field of view's rim is left out
+MASK_CONTRAST = 0.05  # the least difference of Otsu's two class means (grey levels 0-1) that counts as a lesion
+MASK_CORNER = 0.03  # a region within this share of the side from an image corner is a vignette, not the lesion
+MASK_AREA_RANGE = (0.005, 0.9)  # outside it no lesion was found (nothing dark, or the whole image dark)
+MASK_DEFINITION = ("proxy lesion mask: of the regions darker than Otsu's threshold of the grey model input (hair "
+                   "closed away, smoothed; the threshold taken inside the field of view: without a black surround "
+                   "reaching the corners, nor its rim; after a binary opening), the one with the most area near the "
+                   "centre (size x (1 - d)^2, d: its centroid's distance from the centre over the half-diagonal), "
+                   "holes filled, leaving out regions near an image corner (dark vignettes); no mask when the two "
+                   "classes' means differ by under 0.05 or the region covers under 0.5 % or over 90 % of the image")
+
+
+def lesion_mask(image: np.ndarray) -> np.ndarray | None:
+    """A proxy lesion mask (H, W) bool of an RGB image (H, W, 3), uint8 or float in [0, 1]: the central dark region
+    that Otsu's threshold finds (`MASK_DEFINITION`); None when no plausible lesion region is found."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+    scale = 255.0 if np.issubdtype(image.dtype, np.integer) else 1.0
+    grey = image.astype(np.float64).mean(-1) / scale
+    # Hair removal as in DullRazor: a grey closing fills dark structures thinner than its window (hair, ruler ticks).
+    hair = max(3, round(MASK_HAIR * min(image.shape[:2])) | 1)
+    grey = ndimage.gaussian_filter(ndimage.grey_closing(grey, size=(hair, hair)), MASK_SMOOTHING * max(image.shape[:2]))
+    k = max(3, round(MASK_CORNER * min(image.shape[:2])))  # the opening erodes at the border: look near each corner
+
+    def near_corners(regions: np.ndarray) -> set:
+        return set(np.unique(np.concatenate([regions[:k, :k], regions[:k, -k:], regions[-k:, :k], regions[-k:, -k:]],
+                                            axis=None)))
+
+    # A dermoscope's black surround is not skin: Otsu's threshold is taken inside the field of view only, or it
+    # would split black from everything else and miss the lesion.
+    black, _ = ndimage.label(grey < MASK_BLACK)
+    outside = np.isin(black, list(near_corners(black) - {0}))
+    if outside.any():  # with the field of view's dim rim, which would otherwise ring (and fill) the whole field
+        outside = ndimage.binary_dilation(outside, iterations=round(MASK_RIM * min(image.shape[:2])))
+    inside = grey[~outside]
+    if inside.size == 0 or np.ptp(inside) == 0:
+        return None
+    threshold = threshold_otsu(inside)
+    if inside[inside >= threshold].mean() - inside[inside < threshold].mean() < MASK_CONTRAST:
+        return None  # no region stands out from the skin
+    dark = ndimage.binary_opening((grey < threshold) & ~outside, iterations=MASK_OPENING)
+    regions, count = ndimage.label(dark)
+    corners = near_corners(regions)
+    labels = range(1, count + 1)
+    sizes = ndimage.sum(dark, regions, labels)
+    # Dermoscopy centres the lesion: a region's size counts less the farther its centroid is from the image centre
+    # (weight (1 - d)^2, d = distance over the half-diagonal), so an edge band or a ruler does not win on size alone.
+    centre = (np.asarray(image.shape[:2]) - 1) / 2
+    distance = [np.hypot(*(np.asarray(c) - centre)) / np.hypot(*centre) for c in
+                ndimage.center_of_mass(dark, regions, labels)] if count else []
+    candidates = [(size * (1 - min(d, 1.0)) ** 2, k) for k, size, d in zip(labels, sizes, distance, strict=True)
+                  if k not in corners]
+    if not candidates:
+        return None
+    mask = ndimage.binary_fill_holes(regions == max(candidates)[1])
+    return mask if MASK_AREA_RANGE[0] <= mask.mean() <= MASK_AREA_RANGE[1] else None
+
+
+def cam_lesion_share(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a non-negative CAM's mass inside `mask` (same shape); NaN for an all-zero map."""
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.shape != mask.shape:
+        raise ValueError(f"CAM {cam.shape} and mask {mask.shape} must have the same shape")
+    total = cam.sum()
+    return float(cam[mask].sum() / total) if total > 0 else float("nan")
+
+
+def cam_grid(model, pixel_values: torch.Tensor, target: str = "fused") -> tuple[int, int]:
+    """(H, W) of the map at the CAM target for inputs like `pixel_values`: one forward of the first image, in eval
+    mode (no batch-norm statistics move), the model's mode restored."""
+    from .inference import MODEL_LOCK
+
+    layer, _ = cam_target_layer(model, target)
+    seen: dict = {}
+
+    def record(module, args, output) -> None:
+        seen["shape"] = tuple((output[0] if isinstance(output, tuple) else output).shape[-2:])
+
+    with MODEL_LOCK:
+        training = model.training
+        handle = layer.register_forward_hook(record)
+        try:
+            with torch.no_grad():
+                model.eval()(pixel_values=pixel_values[:1])
+        finally:
+            handle.remove()
+            model.train(training)
+    return seen["shape"]
+
+
+def mask_at_grid(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The mask as a CAM at `grid` resolution would show it: averaged onto the grid, then upsampled bilinearly to the
+    mask's size as the raw CAMs are (`explain.raw_grad_cams`). What a CAM that was exactly the lesion could score."""
+    import cv2
+
+    height, width = mask.shape
+    coarse = cv2.resize(mask.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+    return np.maximum(cv2.resize(coarse, (width, height)), 0)
+
+
+def lesion_reference(frame_share: np.ndarray, lesion_share: np.ndarray, mask_area: np.ndarray,
+                     mask_frame_share: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                     grid_frame_share: np.ndarray | None = None, grid_lesion_share: np.ndarray | None = None,
+                     grid: tuple[int, int] | None = None) -> dict:
+    """The summary of the proxy-mask reference over the images with a mask and a non-zero CAM (NaN elsewhere; the
+    others are counted in `n_left_out`): the
+    masks' own frame share (what a CAM equal to the lesion would score), the CAM's mass on the lesion with a bootstrap
+    CI, the masks' area share, their ratio (lift; 1 = no preference for the lesion) and the Spearman correlation of
+    the CAM's and the lesion's frame shares. With `grid_*` (the mask as a CAM at the CAM's `grid` resolution:
+    `mask_at_grid`), also what such a lesion-following CAM would score: its frame share and lift."""
+    from scipy.stats import spearmanr
+
+    arrays = [np.asarray(a, dtype=np.float64) for a in (frame_share, lesion_share, mask_area, mask_frame_share)]
+    valid = np.all([np.isfinite(a) for a in arrays], axis=0)
+    frame_share, lesion_share, mask_area, mask_frame_share = (a[valid] for a in arrays)
+    at_grid = None
+    if grid is not None and grid_frame_share is not None and grid_lesion_share is not None and valid.any():
+        grid_frame, grid_lesion = (np.asarray(a, dtype=np.float64)[valid] for a in (grid_frame_share,
+                                                                                   grid_lesion_share))
+        at_grid = {"grid": list(grid), "frame_share": float(grid_frame.mean()),
+                   "lift": float(grid_lesion.mean() / mask_area.mean()) if mask_area.mean() > 0 else None}
+    n = int(valid.sum())
+    summary = {"definition": MASK_DEFINITION, "n": n, "n_left_out": int((~valid).sum())}
+    if n == 0:
+        return summary
+    on_lesion = summarise(lesion_share, n_resamples=n_resamples, seed=seed)
+    varies = n >= 3 and np.ptp(frame_share) > 0 and np.ptp(mask_frame_share) > 0
+    spearman = spearmanr(frame_share, mask_frame_share).statistic if varies else float("nan")
+    summary.update({
+        "mask_frame_share": {"mean": float(mask_frame_share.mean()), "median": float(np.median(mask_frame_share))},
+        "cam_on_lesion": {"mean": on_lesion["mean"], "mean_ci95": on_lesion["mean_ci95"],
+                          "median": on_lesion["median"]},
+        "mask_area": float(mask_area.mean()),
+        "lift": float(lesion_share.mean() / mask_area.mean()) if mask_area.mean() > 0 else None,
+        "frame_share_spearman": float(spearman),
+        **({"lesion_as_cam": at_grid} if at_grid else {}),
+    })
+    return finite_or_none(summary)
 
 
 def summarise(values: np.ndarray, labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
@@ -159,6 +314,9 @@ def frame_shares(
         raise ValueError(f"labels must be the model's class ids 0..{len(label_names) - 1}")
     start_time = time.perf_counter()
     shares = np.full(len(labels), np.nan)
+    # The proxy-mask reference (`lesion_mask`), on the same input the CAM explains.
+    on_lesion, mask_area, mask_frame, grid_frame, grid_lesion = (np.full(len(labels), np.nan) for _ in range(5))
+    grid = None
     probs = np.zeros((len(labels), len(label_names)), dtype=np.float32)
     kept: list[WorstImage] = []
     size = None
@@ -167,10 +325,19 @@ def frame_shares(
             stop = min(start + batch_size, len(labels))
             inputs = processor(images=_batches(images, start, stop), return_tensors="pt")["pixel_values"].float()
             cams, logits = raw_grad_cams(model, inputs, labels[start:stop], target)
+            grid = grid or cam_grid(model, inputs, target)
             size = cams.shape[1:]
             probs[start:stop] = calibrated_probabilities(logits, temperature(model.config)).numpy()
             for offset, cam in enumerate(cams):
                 shares[start + offset] = cam_frame_share(cam, FRAME)
+                mask = lesion_mask(_denormalise(processor, inputs[offset:offset + 1]))
+                if mask is not None and mask.shape == cam.shape:
+                    on_lesion[start + offset] = cam_lesion_share(cam, mask)
+                    mask_area[start + offset] = mask.mean()
+                    mask_frame[start + offset] = cam_frame_share(mask.astype(np.float64), FRAME)
+                    as_cam = mask_at_grid(mask, grid)
+                    grid_frame[start + offset] = cam_frame_share(as_cam, FRAME)
+                    grid_lesion[start + offset] = cam_lesion_share(as_cam, mask)
             order = [i for i in np.argsort(-np.nan_to_num(shares[start:stop], nan=-1.0), kind="stable")[:worst]
                      if not np.isnan(shares[start + i])]
             kept += [WorstImage(float(shares[start + i]), start + i,
@@ -196,16 +363,27 @@ def frame_shares(
             "stratified_by": "source and label" if sources is not None and len(set(sources)) > 1 else "label"},
         "p": f"calibrated p({label_names[1]})" if binary else "calibrated p(true class)",
         **summarise(shares, labels, label_names, n_resamples),
+        "lesion_reference": lesion_reference(shares, on_lesion, mask_area, mask_frame, n_resamples,
+                                             grid_frame_share=grid_frame, grid_lesion_share=grid_lesion, grid=grid),
         "seconds": round(time.perf_counter() - start_time, 1),
     }
     if sources is not None and len(set(sources)) > 1:
         column = np.asarray(sources, dtype=object)
-        summary["sources"] = {name: summarise(shares[column == name], labels[column == name], label_names,
-                                              n_resamples) for name in dict.fromkeys(sources)}
+        summary["sources"] = {name: {
+            **summarise(shares[column == name], labels[column == name], label_names, n_resamples),
+            "lesion_reference": lesion_reference(
+                *(a[column == name] for a in (shares, on_lesion, mask_area, mask_frame)), n_resamples,
+                grid_frame_share=grid_frame[column == name], grid_lesion_share=grid_lesion[column == name],
+                grid=grid)}
+            for name in dict.fromkeys(sources)}
     per_image = [{"id": ids[i], **({} if sources is None else {"source": str(sources[i])}),
                   "label": label_names[labels[i]],
                   "frame_share": None if np.isnan(shares[i]) else round(float(shares[i]), 5),
-                  "p": round(float(p[i]), 5)} for i in range(len(labels))]
+                  "p": round(float(p[i]), 5),
+                  "lesion_share": None if np.isnan(on_lesion[i]) else round(float(on_lesion[i]), 5),
+                  "mask_area": None if np.isnan(mask_area[i]) else round(float(mask_area[i]), 5),
+                  "mask_frame_share": None if np.isnan(mask_frame[i]) else round(float(mask_frame[i]), 5)}
+                 for i in range(len(labels))]
     return FrameShareResult(summary, per_image, kept, label_names)
 
 
@@ -318,8 +496,13 @@ __all__ = [
     "FRAME",
     "FrameShareResult",
     "UNIFORM_FRAME_SHARE",
+    "cam_grid",
+    "cam_lesion_share",
     "frame_shares",
+    "lesion_mask",
+    "lesion_reference",
     "main",
+    "mask_at_grid",
     "report_frame_share",
     "stratified_sample",
     "summarise",

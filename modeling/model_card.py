@@ -128,7 +128,23 @@ def _frame_share_text(summary: dict | None) -> str | None:
             f"uniform map scores {summary['uniform_share']:.4g}): mean **{summary['mean']:.3f}**{ci} (95 % CI), "
             f"median {summary['median']:.3f}, {summary['share_above_uniform']:.0%} of images above uniform "
             f"(n = {summary['n']} test images{sample}{zero}). Lower means more focus on the centre, where dermoscopy "
-            "puts the lesion; `report/cam_frame_share_worst.png` shows the 8 highest.")
+            "puts the lesion; `report/cam_frame_share_worst.png` shows the 8 highest." + _lesion_text(summary))
+
+
+def _lesion_text(summary: dict) -> str:
+    """The proxy-lesion-mask sentence of the lesion-focus paragraph (`lesion_focus.lesion_reference`), or ''."""
+    reference = summary.get("lesion_reference") or {}
+    if not reference.get("n"):
+        return ""
+    text = (f" Against proxy lesion masks (Otsu; {reference['n']} images): the CAMs put "
+            f"{reference['cam_on_lesion']['mean']:.3f} of their mass on the lesion, which covers "
+            f"{reference['mask_area']:.3f} of the area (lift {reference['lift']:.2f}; 1 = no preference for the "
+            "lesion)")
+    as_cam = reference.get("lesion_as_cam")
+    if as_cam:
+        text += (f"; a CAM that was exactly the lesion, at the CAM's resolution, would score a frame share of "
+                 f"{as_cam['frame_share']:.3f} and a lift of {as_cam['lift']:.2f}")
+    return text + "."
 
 
 def _sources_table(sources: dict | None) -> str | None:

@@ -214,9 +214,51 @@ def frame_share_markdown(summary: dict, figure: str | None = None) -> str:
              f"{summary['uniform_share']:.4g}. Lower is better: dermoscopy centres the lesion.{drawn} 95 % CI of "
              "the mean: "
              "percentile bootstrap.", "", *rows, ""]
+    lines += lesion_reference_markdown(groups)
     if figure:
         lines += [f"![{Path(figure).stem}]({figure})", ""]
     return "\n".join(lines)
+
+
+def lesion_reference_markdown(groups: list[tuple[str, dict]]) -> list[str]:
+    """Lines of a report subsection on the proxy lesion masks (`lesion_focus.lesion_reference` of each (name,
+    summary) group); none when no group had a mask."""
+    rows = []
+    for name, part in groups:
+        ref = part.get("lesion_reference") or {}
+        if not ref.get("n"):
+            continue
+        cam = ref["cam_on_lesion"]
+        ci = "" if cam.get("mean_ci95") is None else f" {format_interval(cam['mean_ci95'])}"
+        label = f"**{name}**" if name == "all" else name
+        rows.append(f"| {label} | {ref['n']} of {ref['n'] + ref['n_left_out']} | "
+                    f"{format_number(ref['mask_frame_share']['mean'])} / "
+                    f"{format_number(ref['mask_frame_share']['median'])} | {format_number(cam['mean'])}{ci} | "
+                    f"{format_number(ref['mask_area'])} | {format_number(ref['lift'], 2)} | "
+                    f"{format_number(ref['frame_share_spearman'], 2)} |")
+    if not rows:
+        return []
+    definition = next(part["lesion_reference"]["definition"] for _, part in groups
+                      if (part.get("lesion_reference") or {}).get("n"))
+    return ["### Against the lesion (proxy masks)", "",
+            "What a CAM that followed the lesion would score, without segmentations: the lesion mask's own frame share "
+            "(mean / median); the share of each CAM's mass on the lesion against the lesion's share of the area (lift "
+            "1: no preference for the lesion); the Spearman correlation of the CAM's frame share with the lesion's. "
+            f"Mask: {definition}. A proxy: hair, rulers and vignettes fool it on some images.", "",
+            "| images | with a mask and a CAM | lesion's frame share | CAM mass on the lesion (95 % CI) | "
+            "lesion's area | lift | Spearman ρ |", "|---|---|---|---|---|---|---|", *rows, "",
+            *as_cam_sentence(groups[0][1].get("lesion_reference") or {})]
+
+
+def as_cam_sentence(reference: dict) -> list[str]:
+    """The pooled 'what a lesion-following CAM would score' line (`lesion_as_cam`), if measured."""
+    as_cam = reference.get("lesion_as_cam")
+    if not as_cam:
+        return []
+    grid = "×".join(str(n) for n in as_cam["grid"])
+    return [f"A CAM that was exactly the lesion mask, at the CAM's own {grid} resolution (averaged onto it and "
+            f"upsampled as the CAMs are), would score a frame share of {format_number(as_cam['frame_share'])} and a "
+            f"lift of {format_number(as_cam['lift'], 2)} (pooled).", ""]
 
 
 def append_frame_share_section(report_dir, summary: dict, figure: str | None = None) -> None:

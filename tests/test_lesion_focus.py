@@ -8,22 +8,28 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, make_image_folder, tiny_config
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import modeling.training as training
 from modeling import AsffResNetForImageClassification
-from modeling.explain import cam_frame_share, cam_target_layer, raw_grad_cams
+from modeling.explain import _denormalise, cam_frame_share, cam_target_layer, raw_grad_cams
 from modeling.image_processing import build_image_processor
 from modeling.lesion_focus import (
     FIGURE_FILE,
     JSON_FILE,
     UNIFORM_FRAME_SHARE,
+    cam_grid,
+    cam_lesion_share,
     frame_shares,
+    lesion_mask,
+    lesion_reference,
     main,
+    mask_at_grid,
     stratified_sample,
     summarise,
 )
 from modeling.model_card import build_model_card
+from modeling.report import frame_share_markdown
 from train_hf import parse_args
 
 # --------------------------------------------------------------------------- the frame share of a map
@@ -182,6 +188,142 @@ def test_frame_shares_keeps_the_worst_and_checks_its_inputs(tiny):
         frame_shares(model, processor, images, [0, 1], progress=False)
 
 
+# --------------------------------------------------------------------------- the proxy lesion mask
+
+
+def skin_with_lesion(size: int = 224, centre=(112, 112), radius: int = 50, vignette: bool = False,
+                     hair: bool = False, field: float = 1.1) -> tuple[np.ndarray, np.ndarray]:
+    """A skin-coloured image with a dark elliptical lesion (and optionally a dermoscope's black surround outside a
+    centred circle of diameter `field` x size, and a hair line), and the lesion's true mask."""
+    image = Image.new("RGB", (size, size), (205, 165, 150))
+    draw = ImageDraw.Draw(image)
+    cx, cy = centre
+    box = [cx - radius, cy - 0.8 * radius, cx + radius, cy + 0.8 * radius]
+    draw.ellipse(box, fill=(95, 60, 55))
+    truth = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(truth).ellipse(box, fill=1)
+    if vignette:  # a dermoscope's dark circular frame: everything outside a circle is black
+        outside = Image.new("L", (size, size), 255)
+        margin = size * (1 - field) / 2
+        ImageDraw.Draw(outside).ellipse([margin, margin, size - margin, size - margin], fill=0)
+        image.paste((5, 5, 5), mask=outside)
+    if hair:
+        draw.line([(0, size * 0.2), (size, size * 0.9)], fill=(40, 30, 30), width=2)
+    return np.asarray(image), np.asarray(truth, dtype=bool)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+@pytest.mark.parametrize("case", [{}, {"vignette": True}, {"hair": True}, {"centre": (70, 150), "radius": 30},
+                                  {"vignette": True, "hair": True},
+                                  # a small lesion in a small field of view: most of the image is black surround
+                                  {"vignette": True, "field": 0.7, "radius": 14}])
+def test_lesion_mask_finds_the_dark_blob_not_the_vignette_or_hair(case):
+    image, truth = skin_with_lesion(**case)
+    mask = lesion_mask(image)
+    assert mask is not None and mask.shape == truth.shape and mask.dtype == bool
+    assert iou(mask, truth) > 0.9
+    assert iou(lesion_mask(image / 255.0), mask) == 1.0  # float [0, 1] input: the same mask
+
+
+def test_lesion_mask_is_none_without_a_plausible_lesion():
+    assert lesion_mask(np.full((64, 64, 3), 180, np.uint8)) is None  # flat: nothing darker
+    noise = np.random.default_rng(0).integers(175, 185, (64, 64, 3)).astype(np.uint8)
+    tiny_spot = noise.copy()
+    tiny_spot[30:31, 30:31] = 20  # one dark pixel: smoothed and opened away
+    assert lesion_mask(tiny_spot) is None
+    vignette_only, _ = skin_with_lesion(radius=0, vignette=True)  # the only dark region reaches the corners
+    assert lesion_mask(vignette_only) is None
+    with pytest.raises(ValueError, match="RGB"):
+        lesion_mask(np.zeros((8, 8)))
+
+
+def test_cam_lesion_share_of_hand_made_maps():
+    _, truth = skin_with_lesion(size=64, centre=(32, 32), radius=14)
+    assert cam_lesion_share(truth.astype(float), truth) == 1.0
+    assert cam_lesion_share(np.ones((64, 64)), truth) == pytest.approx(truth.mean())  # uniform: the lesion's area
+    assert cam_lesion_share((~truth).astype(float), truth) == 0.0
+    assert np.isnan(cam_lesion_share(np.zeros((64, 64)), truth))
+    with pytest.raises(ValueError, match="same shape"):
+        cam_lesion_share(np.ones((32, 32)), truth)
+
+
+def test_mask_at_grid_is_the_lesion_as_a_coarse_cam_would_show_it():
+    _, truth = skin_with_lesion(radius=50)
+    assert np.allclose(mask_at_grid(truth, truth.shape), truth)  # at full resolution: the mask itself
+    coarse = mask_at_grid(truth, (14, 14))
+    assert coarse.shape == truth.shape and coarse.min() >= 0
+    assert cam_lesion_share(coarse, truth) > 0.8 and cam_frame_share(coarse) < 0.01  # blurred, still on the lesion
+    assert cam_lesion_share(mask_at_grid(truth, (2, 2)), truth) < cam_lesion_share(coarse, truth)
+
+
+def test_cam_grid_reads_the_target_map_size_without_moving_the_model(tiny):
+    model, processor = tiny
+    inputs = processor(images=[Image.new("RGB", (40, 40), (200, 150, 140))] * 2, return_tensors="pt")["pixel_values"]
+    layer, _ = cam_target_layer(model, "fused")
+    seen = []
+    handle = layer.register_forward_hook(lambda module, args, output: seen.append(output.shape[-2:]))
+    model(pixel_values=inputs)
+    handle.remove()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert cam_grid(model, inputs) == tuple(seen[0])
+    assert model.training  # its mode restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no batch-norm statistic moved
+    model.eval()
+
+
+def test_lesion_reference_summarises_lift_and_correlation_over_images_with_a_mask():
+    frame = np.array([0.1, 0.2, 0.3, 0.4, np.nan, 0.5])
+    on_lesion = np.array([0.6, 0.5, 0.4, 0.3, 0.9, np.nan])  # the 6th image had no mask, the 5th a zero CAM
+    area = np.array([0.2, 0.2, 0.2, 0.2, 0.2, np.nan])
+    mask_frame = np.array([0.0, 0.05, 0.1, 0.2, 0.0, np.nan])
+    ref = lesion_reference(frame, on_lesion, area, mask_frame, n_resamples=200)
+    assert ref["n"] == 4 and ref["n_left_out"] == 2
+    assert ref["cam_on_lesion"]["mean"] == pytest.approx(0.45) and ref["mask_area"] == pytest.approx(0.2)
+    assert ref["lift"] == pytest.approx(0.45 / 0.2)
+    assert ref["mask_frame_share"] == {"mean": pytest.approx(0.0875), "median": pytest.approx(0.075)}
+    assert ref["frame_share_spearman"] == pytest.approx(1.0)  # the CAM's frame share rises with the lesion's
+    low, high = ref["cam_on_lesion"]["mean_ci95"]
+    assert 0.3 <= low <= 0.45 <= high <= 0.6
+    assert lesion_reference(*(np.full(3, np.nan),) * 4) == {"definition": ref["definition"], "n": 0,
+                                                           "n_left_out": 3}
+
+
+def test_frame_shares_reports_the_lesion_reference_per_image_pooled_and_in_the_report(tiny):
+    model, processor = tiny
+    images = [Image.fromarray(skin_with_lesion(size=TINY_IMAGE_SIZE, centre=(16, 16), radius=7)[0])] * 3
+    images.append(Image.new("RGB", (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), (180, 180, 180)))  # no lesion: no mask
+    result = frame_shares(model, processor, images, [0, 1, 0, 1], progress=False, n_resamples=50)
+    rows = result.per_image
+    assert [row["mask_area"] is None for row in rows] == [False, False, False, True]
+    assert all(0 < row["mask_area"] < 0.5 and row["mask_frame_share"] == 0.0 for row in rows[:3])
+    # A random tiny model's CAM can be all zero for a class: such an image has no share, like its frame share.
+    with_cam = [row for row in rows[:3] if row["frame_share"] is not None]
+    assert with_cam and all(0 <= row["lesion_share"] <= 1 for row in with_cam)
+    assert all(row["lesion_share"] is None for row in rows[:3] if row["frame_share"] is None)
+    ref = result.summary["lesion_reference"]
+    assert ref["n"] == len(with_cam) and ref["n_left_out"] == 4 - len(with_cam)
+    assert ref["mask_frame_share"]["mean"] == 0.0
+    assert ref["lift"] == pytest.approx(np.mean([r["lesion_share"] for r in with_cam]) /
+                                        np.mean([r["mask_area"] for r in with_cam]), rel=1e-3)
+    as_cam = ref["lesion_as_cam"]
+    first = processor(images=images[:1], return_tensors="pt")["pixel_values"]
+    assert as_cam["grid"] == list(cam_grid(model, first))
+    # The three lesion images are the same: what the lesion would score as a CAM at that grid, by hand.
+    mask = lesion_mask(_denormalise(processor, first))
+    assert as_cam["frame_share"] == pytest.approx(cam_frame_share(mask_at_grid(mask, as_cam["grid"])), abs=1e-6)
+    assert as_cam["lift"] == pytest.approx(cam_lesion_share(mask_at_grid(mask, as_cam["grid"]), mask) / mask.mean(),
+                                           rel=1e-5)
+    text = frame_share_markdown(result.summary)
+    assert "### Against the lesion (proxy masks)" in text and f"| **all** | {len(with_cam)} of 4 |" in text
+    assert "A CAM that was exactly the lesion mask, at the CAM's own" in text
+    result.summary["lesion_reference"] = {"n": 0, "n_left_out": 4}
+    assert "Against the lesion" not in frame_share_markdown(result.summary)
+
+
 # --------------------------------------------------------------------------- CLI, report, card
 
 
@@ -273,3 +415,10 @@ def test_model_card_shows_the_frame_share_only_when_given():
     assert "n = 100 test images, a sample of 660; 2 all-zero CAM(s) left out" in text
     assert "Lesion focus" not in build_model_card(**common).text
     assert "Lesion focus" not in build_model_card(**common, frame_share={**share, "mean": None}).text
+    assert "proxy lesion masks" not in text
+    reference = {"n": 90, "n_left_out": 10, "cam_on_lesion": {"mean": 0.25}, "mask_area": 0.2, "lift": 1.25,
+                 "lesion_as_cam": {"grid": [14, 14], "frame_share": 0.066, "lift": 4.4}}
+    with_masks = build_model_card(**common, frame_share={**share, "lesion_reference": reference}).text
+    assert ("Against proxy lesion masks (Otsu; 90 images): the CAMs put 0.250 of their mass on the lesion, which "
+            "covers 0.200 of the area (lift 1.25; 1 = no preference for the lesion); a CAM that was exactly the "
+            "lesion, at the CAM's resolution, would score a frame share of 0.066 and a lift of 4.40.") in with_masks
