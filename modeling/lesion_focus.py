@@ -56,6 +56,7 @@ class WorstImage:
     index: int
     image: np.ndarray
     cam: np.ndarray
+    mask: np.ndarray | None = None  # the proxy lesion mask (`lesion_mask`), if one was found
 
 
 @dataclass
@@ -328,9 +329,10 @@ def frame_shares(
             grid = grid or cam_grid(model, inputs, target)
             size = cams.shape[1:]
             probs[start:stop] = calibrated_probabilities(logits, temperature(model.config)).numpy()
+            masks = {}
             for offset, cam in enumerate(cams):
                 shares[start + offset] = cam_frame_share(cam, FRAME)
-                mask = lesion_mask(_denormalise(processor, inputs[offset:offset + 1]))
+                mask = masks[offset] = lesion_mask(_denormalise(processor, inputs[offset:offset + 1]))
                 if mask is not None and mask.shape == cam.shape:
                     on_lesion[start + offset] = cam_lesion_share(cam, mask)
                     mask_area[start + offset] = mask.mean()
@@ -341,8 +343,8 @@ def frame_shares(
             order = [i for i in np.argsort(-np.nan_to_num(shares[start:stop], nan=-1.0), kind="stable")[:worst]
                      if not np.isnan(shares[start + i])]
             kept += [WorstImage(float(shares[start + i]), start + i,
-                                (_denormalise(processor, inputs[i:i + 1]) * 255).round().astype(np.uint8), cams[i])
-                     for i in order]
+                                (_denormalise(processor, inputs[i:i + 1]) * 255).round().astype(np.uint8), cams[i],
+                                masks[i]) for i in order]
             kept = sorted(kept, key=lambda w: (-w.share, w.index))[:worst]
             bar.update(stop - start)
     binary = len(label_names) == 2
@@ -409,7 +411,9 @@ def write_frame_share(out_dir: str | Path, result: FrameShareResult, title: str 
             [w.image for w in result.worst], [w.cam for w in result.worst],
             [tile_title(result.per_image[w.index], p_name) for w in result.worst], FRAME,
             f"Highest CAM frame shares ({result.summary['n']} images, mean {result.summary['mean']:.2f})"
-            + (f"\n{title}" if title else ""))
+            + (f"\n{title}" if title else "")
+            + ("\ngreen: proxy lesion mask" if any(w.mask is not None for w in result.worst) else ""),
+            masks=[w.mask for w in result.worst])
         figure.savefig(out_dir / FIGURE_FILE, dpi=120)
         written.append(FIGURE_FILE)
     return written

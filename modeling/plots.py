@@ -118,16 +118,18 @@ def with_colour_scale(overlay: np.ndarray, low: str = "low", high: str = "high")
 
 
 def frame_share_figure(images: list[np.ndarray], cams: list[np.ndarray], titles: list[str], frame: float,
-                       title: str = "") -> Figure:
+                       title: str = "", masks: list[np.ndarray | None] | None = None) -> Figure:
     """The images with the highest CAM frame share, 2 x 4 tiles: each the model's input (uint8 RGB) with its raw CAM
-    over it (scaled by its maximum for display only, so zero stays blue) and the frame's inner edge dashed.
-    Sized for phone width: few, large words per tile (`titles`, two short lines)."""
+    over it (scaled by its maximum for display only, so zero stays blue), the frame's inner edge dashed and, where
+    `masks` has one, the proxy lesion mask's outline in green. Sized for phone width: few, large words per tile
+    (`titles`, two short lines)."""
     figure = Figure(figsize=(7.2, 5.0), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 4)
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, image, cam, text in zip(axes.flat, images, cams, titles, strict=False):
+    masks = masks or [None] * len(images)
+    for ax, image, cam, text, mask in zip(axes.flat, images, cams, titles, masks, strict=False):
         peak = float(cam.max())
         overlay = cam_overlay(image.astype(np.float32) / 255.0, cam / peak if peak > 0 else cam)
         ax.imshow(overlay)
@@ -135,6 +137,9 @@ def frame_share_figure(images: list[np.ndarray], cams: list[np.ndarray], titles:
         top, side = round(cam.shape[0] * frame) * scale, round(cam.shape[1] * frame) * scale
         ax.add_patch(Rectangle((side - 0.5, top - 0.5), overlay.shape[1] - 2 * side, overlay.shape[0] - 2 * top,
                                fill=False, edgecolor="white", linestyle="--", linewidth=1.2))
+        if mask is not None and mask.shape == cam.shape:  # drawn on the overlay's (maybe upsampled) pixel grid
+            rows, cols = (np.arange(n) * scale + (scale - 1) / 2 for n in mask.shape)
+            ax.contour(cols, rows, mask.astype(np.float32), levels=[0.5], colors="lime", linewidths=1.2)
         ax.set_title(text, fontsize=12)
     if title:
         figure.suptitle(title, fontsize=12)

@@ -259,6 +259,17 @@ def test_mask_at_grid_is_the_lesion_as_a_coarse_cam_would_show_it():
     assert cam_lesion_share(mask_at_grid(truth, (2, 2)), truth) < cam_lesion_share(coarse, truth)
 
 
+def test_worst_images_figure_outlines_the_lesion_mask_where_there_is_one():
+    from modeling.plots import frame_share_figure
+
+    image, truth = skin_with_lesion(size=64, centre=(32, 32), radius=14)
+    cam = np.random.default_rng(0).random((64, 64))
+    figure = frame_share_figure([image, image], [cam, cam], ["a", "b"], 1 / 8, masks=[truth, None])
+    outlined = [bool(ax.collections) for ax in figure.axes[:2]]
+    assert outlined == [True, False]
+    assert not any(ax.collections for ax in frame_share_figure([image], [cam], ["a"], 1 / 8).axes)
+
+
 def test_cam_grid_reads_the_target_map_size_without_moving_the_model(tiny):
     model, processor = tiny
     inputs = processor(images=[Image.new("RGB", (40, 40), (200, 150, 140))] * 2, return_tensors="pt")["pixel_values"]
