@@ -432,36 +432,24 @@ def report_frame_share(report_dir: str | Path, model, processor, split, ids: Seq
     return result.summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m modeling.lesion_focus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_arguments(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
+    """The CLI arguments that pick a model and the images it is measured on (`evaluation_split` reads them)."""
     parser.add_argument("model_dir", help="a saved model (directory or Hub id)")
     parser.add_argument("--dataset", nargs="+", required=True,
                         help="one or more image folders (<split>/<label>/* or <label>/*) or Hub dataset ids")
-    parser.add_argument("--split", default="test", choices=["test", "validation", "train"],
-                        help="test: each source's test split, or all of a source without one (default); "
-                             "validation/train: carved as train_hf.py does (--validation_fraction, --split_seed)")
+    parser.add_argument("--split", default=default_split, choices=["test", "validation", "train"],
+                        help="test: each source's test split, or all of a source without one; validation/train: "
+                             "carved as train_hf.py does (--validation_fraction, --split_seed) (default: "
+                             "%(default)s)")
     parser.add_argument("--validation_fraction", type=float, default=0.15)
     parser.add_argument("--split_seed", type=int, default=42)
-    parser.add_argument("--limit", type=int, help="a seeded sample of this many images, stratified by source and "
-                                                   "label (default: all)")
-    parser.add_argument("--seed", type=int, default=SAMPLE_SEED, help="seed of the --limit sample")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--target", default="fused", help="CAM target layer: fused, stage4 or stage3")
-    parser.add_argument("--output_dir", type=Path, help="default: MODEL_DIR/report")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be at least 1")
-    output_dir = args.output_dir
-    if output_dir is None:
-        if not Path(args.model_dir).is_dir():
-            parser.error("give --output_dir for a model that is not a local directory")
-        output_dir = Path(args.model_dir) / "report"
 
+
+def evaluation_split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
+    """The model (`load_classifier`) and the split `args` name: (model, processor, split, labels in the model's ids,
+    image ids, source names). Exits with a clear message (status 2: the data; 1: the model) on what cannot work."""
     from .data import DataError, build_dataset_dict
     from .inference import load_classifier
-    from .report import frame_share_markdown
     from .training import sample_ids
 
     try:
@@ -485,10 +473,36 @@ def main(argv: list[str] | None = None) -> dict:
     # The data's label ids in the model's order (same names, maybe another order).
     to_model = [model_labels.index(name) for name in prepared.labels]
     labels = [to_model[k] for k in split["label"]]
-    result = frame_shares(model, processor, split, labels, ids=sample_ids(split, prepared.source_roots),
+    return model, processor, split, labels, sample_ids(split, prepared.source_roots), list(prepared.sources)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m modeling.lesion_focus", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(parser)
+    parser.add_argument("--limit", type=int, help="a seeded sample of this many images, stratified by source and "
+                                                   "label (default: all)")
+    parser.add_argument("--seed", type=int, default=SAMPLE_SEED, help="seed of the --limit sample")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--target", default="fused", help="CAM target layer: fused, stage4 or stage3")
+    parser.add_argument("--output_dir", type=Path, help="default: MODEL_DIR/report")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    output_dir = args.output_dir
+    if output_dir is None:
+        if not Path(args.model_dir).is_dir():
+            parser.error("give --output_dir for a model that is not a local directory")
+        output_dir = Path(args.model_dir) / "report"
+
+    from .report import frame_share_markdown
+
+    model, processor, split, labels, ids, sources = evaluation_split(parser, args)
+    result = frame_shares(model, processor, split, labels, ids=ids,
                           limit=args.limit, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                           target=args.target)
-    title = f"{Path(args.model_dir).name} on {' + '.join(prepared.sources)} ({args.split})"
+    title = f"{Path(args.model_dir).name} on {' + '.join(sources)} ({args.split})"
     write_frame_share(output_dir, result, title)
     print(frame_share_markdown(result.summary, None))
     print(f"\nwritten: {output_dir / JSON_FILE}" + (f", {output_dir / FIGURE_FILE}" if result.worst else ""),
@@ -500,8 +514,10 @@ __all__ = [
     "FRAME",
     "FrameShareResult",
     "UNIFORM_FRAME_SHARE",
+    "add_data_arguments",
     "cam_grid",
     "cam_lesion_share",
+    "evaluation_split",
     "frame_shares",
     "lesion_mask",
     "lesion_reference",

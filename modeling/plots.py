@@ -146,6 +146,24 @@ def frame_share_figure(images: list[np.ndarray], cams: list[np.ndarray], titles:
     return figure
 
 
+def image_grid_figure(rows: list[list[np.ndarray]], titles: list[list[str]], title: str = "") -> Figure:
+    """Images (uint8 RGB) in a grid, one row per list, each with its (short, two-line) title; 7.2 in wide, for
+    phone width (e.g. `modeling.occlusion`'s variants of a few images)."""
+    columns = max(len(row) for row in rows)
+    figure = Figure(figsize=(7.2, 2.5 * len(rows) + 0.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = np.atleast_2d(figure.subplots(len(rows), columns, squeeze=False))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for row_axes, row, row_titles in zip(axes, rows, titles, strict=True):
+        for ax, image, text in zip(row_axes, row, row_titles, strict=False):
+            ax.imshow(image)
+            ax.set_title(text, fontsize=11)
+    if title:
+        figure.suptitle(title, fontsize=12)
+    return figure
+
+
 # The evaluation report's figures (`report.write_report`, `report.write_source_reports`): PNG files beside report.md.
 
 

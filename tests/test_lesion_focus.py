@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, make_image_folder, tiny_config
-from PIL import Image, ImageDraw
+from helpers import TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, make_image_folder, skin_with_lesion, tiny_config
+from PIL import Image
 
 import modeling.training as training
 from modeling import AsffResNetForImageClassification
@@ -189,27 +189,6 @@ def test_frame_shares_keeps_the_worst_and_checks_its_inputs(tiny):
 
 
 # --------------------------------------------------------------------------- the proxy lesion mask
-
-
-def skin_with_lesion(size: int = 224, centre=(112, 112), radius: int = 50, vignette: bool = False,
-                     hair: bool = False, field: float = 1.1) -> tuple[np.ndarray, np.ndarray]:
-    """A skin-coloured image with a dark elliptical lesion (and optionally a dermoscope's black surround outside a
-    centred circle of diameter `field` x size, and a hair line), and the lesion's true mask."""
-    image = Image.new("RGB", (size, size), (205, 165, 150))
-    draw = ImageDraw.Draw(image)
-    cx, cy = centre
-    box = [cx - radius, cy - 0.8 * radius, cx + radius, cy + 0.8 * radius]
-    draw.ellipse(box, fill=(95, 60, 55))
-    truth = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(truth).ellipse(box, fill=1)
-    if vignette:  # a dermoscope's dark circular frame: everything outside a circle is black
-        outside = Image.new("L", (size, size), 255)
-        margin = size * (1 - field) / 2
-        ImageDraw.Draw(outside).ellipse([margin, margin, size - margin, size - margin], fill=0)
-        image.paste((5, 5, 5), mask=outside)
-    if hair:
-        draw.line([(0, size * 0.2), (size, size * 0.9)], fill=(40, 30, 30), width=2)
-    return np.asarray(image), np.asarray(truth, dtype=bool)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
