@@ -83,11 +83,17 @@ class OcclusionResult:
     example_titles: list[list[str]] = field(default_factory=list)
 
 
-def _group_summary(labels: np.ndarray, probs: dict[str, np.ndarray], threshold: float, n_resamples: int) -> dict:
-    """ROC AUC of each variant with its CI, and each erasure minus the original, paired."""
+def _group_summary(labels: np.ndarray, probs: dict[str, np.ndarray], threshold: float, n_resamples: int,
+                   areas: np.ndarray) -> dict:
+    """ROC AUC of each variant with its CI, and each erasure minus the original, paired; and the ROC AUC of the
+    proxy mask's area alone (binary labels): how much the erased area's size could give the lesion away."""
     summary: dict = {"n": int(len(labels))}
     if len(set(labels.tolist())) < 2:  # ROC AUC needs both classes
         return summary
+    if set(labels.tolist()) == {0, 1}:
+        from sklearn.metrics import roc_auc_score
+
+        summary["mask_area_roc_auc"] = float(roc_auc_score(labels, areas))
     for name in VARIANTS:
         point = compute_classification_metrics(probs[name], labels, threshold)["roc_auc"]
         ci = bootstrap_ci(labels, probs[name], threshold, n_resamples=n_resamples)["roc_auc"]
@@ -141,6 +147,7 @@ def occlusion_test(
     from .inference import MODEL_LOCK
 
     probs = {name: np.full((len(labels), len(label_names)), np.nan, dtype=np.float32) for name in VARIANTS}
+    areas = np.full(len(labels), np.nan)
     examples, titles = [], []
     with tqdm(total=len(labels), desc="occlusion", unit="img", disable=not progress) as bar:
         for start in range(0, len(labels), batch_size):
@@ -154,6 +161,7 @@ def occlusion_test(
                 if erased is None or any(view is None for view in erased):
                     continue
                 rows.append(start + offset)
+                areas[start + offset] = mask.mean()
                 for name, view in zip(VARIANTS, [inputs[offset], *(_normalise(processor, e) for e in erased)],
                                       strict=True):
                     views[name].append(view)
@@ -178,15 +186,16 @@ def occlusion_test(
     summary: dict = {"variants": list(VARIANTS), "growth": GROWTH, "images": int(len(labels)),
                      "without_mask": int((~with_mask).sum()), "threshold": threshold,
                      "all": _group_summary(labels[with_mask], {k: v[with_mask] for k, v in probs.items()}, threshold,
-                                           n_resamples)}
+                                           n_resamples, areas[with_mask])}
     if sources is not None and len(set(sources)) > 1:
         column = np.asarray(sources, dtype=object)
         summary["sources"] = {
             name: _group_summary(labels[with_mask & (column == name)],
                                  {k: v[with_mask & (column == name)] for k, v in probs.items()}, threshold,
-                                 n_resamples) for name in dict.fromkeys(sources)}
+                                 n_resamples, areas[with_mask & (column == name)]) for name in dict.fromkeys(sources)}
     per_image = [{"id": ids[i], **({} if sources is None else {"source": str(sources[i])}),
                   "label": label_names[labels[i]],
+                  "mask_area": None if not with_mask[i] else round(float(areas[i]), 5),
                   **{f"p_{name.replace(' ', '_')}": None if not with_mask[i] else round(float(probs[name][i, -1]), 5)
                      for name in VARIANTS}} for i in range(len(labels))]
     return OcclusionResult(summary, per_image, examples, titles)
@@ -213,6 +222,9 @@ def occlusion_markdown(summary: dict) -> str:
     rows = [f"| {name} | {part['n']} | {' | '.join(cell(part, v) for v in VARIANTS)} |" for name, part in groups]
     return "\n".join([
         f"| images | n | ROC AUC: {' | '.join(VARIANTS)} |", "|---|---|---|---|---|", *rows, "",
+        *([f"The proxy mask's area alone (how large the erased region is) scores ROC AUC "
+           f"{format_number(summary['all']['mask_area_roc_auc'])}.", ""] if "mask_area_roc_auc" in summary["all"]
+          else []),
         f"{summary['without_mask']} of {summary['images']} images had no proxy lesion mask and are left out. Erased: "
         f"the mask grown by {summary['growth']:.0%} of the side, inpainted from the skin around it (lesion), or "
         "everything else, filled with the skin's median colour (context). Δ: minus the original, paired bootstrap "

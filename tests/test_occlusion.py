@@ -100,6 +100,8 @@ def test_a_model_that_reads_only_the_lesion_falls_to_chance_without_it():
     assert summary["all"]["lesion erased"]["roc_auc"] < 0.8  # without it: near chance
     assert summary["all"]["lesion erased"]["minus_original"]["delta"] < -0.2
     assert set(summary["sources"]) == {"a", "b"} and summary["sources"]["b"]["n"] == 5
+    assert summary["all"]["mask_area_roc_auc"] == 1.0  # here the malignant lesions are the large ones
+    assert "area alone (how large the erased region is) scores ROC AUC 1.000" in occlusion_markdown(summary)
     assert [row["p_original"] is None for row in result.per_image] == [False] * 12 + [True]
     assert len(result.examples) == 3 and all(len(row) == len(VARIANTS) for row in result.examples)
     text = occlusion_markdown(summary)
