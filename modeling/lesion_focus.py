@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -233,6 +234,41 @@ def lesion_reference(frame_share: np.ndarray, lesion_share: np.ndarray, mask_are
     return finite_or_none(summary)
 
 
+class LabelledSample(NamedTuple):
+    images: Sequence
+    labels: np.ndarray
+    ids: list[str]
+    sources: list[str] | None
+    n_total: int  # before sampling
+
+
+def labelled_sample(images, labels, ids, sources, limit: int | None, seed: int = SAMPLE_SEED,
+                    missing_labels: str = "the true labels are needed") -> LabelledSample:
+    """The images to measure, their true labels (the model's class ids), ids and sources: from a `datasets.Dataset`
+    split (its `label`, `source`, `path` columns; no training transform) or from the lists given, checked to match,
+    then a seeded sample of `limit` stratified by source and label (all of them without a limit)."""
+    if hasattr(images, "column_names"):
+        images = images.with_format(None)
+        labels = images["label"] if labels is None else labels
+        sources = images["source"] if sources is None and "source" in images.column_names else sources
+        ids = images["path"] if ids is None and "path" in images.column_names else ids
+    if labels is None:
+        raise ValueError(missing_labels)
+    labels = np.asarray(labels, dtype=np.int64)
+    n_total = len(labels)
+    ids = [str(i) for i in range(n_total)] if ids is None else [str(i) for i in ids]
+    if len(ids) != n_total or len(images) != n_total or (sources is not None and len(sources) != n_total):
+        raise ValueError(f"{len(images)} images, {n_total} labels, {len(ids)} ids"
+                         + ("" if sources is None else f", {len(sources)} sources") + ": they must match")
+    groups = labels if sources is None else [f"{s}\0{k}" for s, k in zip(sources, labels, strict=True)]
+    chosen = stratified_sample(groups, limit, seed)
+    if len(chosen) < n_total:
+        images = images.select(chosen) if hasattr(images, "select") else [images[i] for i in chosen]
+        labels, ids = labels[chosen], [ids[i] for i in chosen]
+        sources = None if sources is None else [sources[i] for i in chosen]
+    return LabelledSample(images, labels, ids, None if sources is None else list(sources), n_total)
+
+
 def summarise(values: np.ndarray, labels: np.ndarray | None = None, label_names: Sequence[str] | None = None,
               n_resamples: int = 1000, seed: int = 0) -> dict:
     """mean (with a percentile-bootstrap 95 % CI), median, share of images above the uniform 0.4375 and n of the
@@ -291,25 +327,9 @@ def frame_shares(
     for its true class (`labels`: the model's class ids), summarised pooled and, with several `sources`, per source.
     `images`: image sources, or a `datasets.Dataset` split with `image` and `label` (and `path`, `source`) columns,
     decoded a batch at a time. Keeps the `worst` images (highest share) for the figure."""
-    if hasattr(images, "column_names"):  # a Dataset split: its labels, sources, ids; no training transform
-        images = images.with_format(None)
-        labels = images["label"] if labels is None else labels
-        sources = images["source"] if sources is None and "source" in images.column_names else sources
-        ids = images["path"] if ids is None and "path" in images.column_names else ids
-    if labels is None:
-        raise ValueError("frame_shares needs the true labels (the CAM explains each image's true class)")
-    labels = np.asarray(labels, dtype=np.int64)
-    n_total = len(labels)
-    ids = [str(i) for i in range(n_total)] if ids is None else [str(i) for i in ids]
-    if len(ids) != n_total or len(images) != n_total or (sources is not None and len(sources) != n_total):
-        raise ValueError(f"{len(images)} images, {n_total} labels, {len(ids)} ids"
-                         + ("" if sources is None else f", {len(sources)} sources") + ": they must match")
-    groups = labels if sources is None else [f"{s}\0{k}" for s, k in zip(sources, labels, strict=True)]
-    chosen = stratified_sample(groups, limit, seed)
-    if len(chosen) < n_total:
-        images = images.select(chosen) if hasattr(images, "select") else [images[i] for i in chosen]
-        labels, ids = labels[chosen], [ids[i] for i in chosen]
-        sources = None if sources is None else [sources[i] for i in chosen]
+    images, labels, ids, sources, n_total = labelled_sample(
+        images, labels, ids, sources, limit, seed,
+        missing_labels="frame_shares needs the true labels (the CAM explains each image's true class)")
     label_names = [str(model.config.id2label[k]) for k in sorted(model.config.id2label)]
     if len(labels) and (labels.min() < 0 or labels.max() >= len(label_names)):
         raise ValueError(f"labels must be the model's class ids 0..{len(label_names) - 1}")
@@ -443,6 +463,23 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_split: str = "te
                              "%(default)s)")
     parser.add_argument("--validation_fraction", type=float, default=0.15)
     parser.add_argument("--split_seed", type=int, default=42)
+    parser.add_argument("--limit", type=int, help="a seeded sample of this many images, stratified by source and "
+                                                   "label (default: all)")
+    parser.add_argument("--seed", type=int, default=SAMPLE_SEED, help="seed of the --limit sample")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--output_dir", type=Path, help="default: MODEL_DIR/report")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """Where a measuring CLI writes (`--output_dir`, else MODEL_DIR/report), after checking `--limit`."""
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if args.output_dir is not None:
+        return args.output_dir
+    if not Path(args.model_dir).is_dir():
+        parser.error("give --output_dir for a model that is not a local directory")
+    return Path(args.model_dir) / "report"
 
 
 def evaluation_split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
@@ -480,21 +517,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m modeling.lesion_focus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
-    parser.add_argument("--limit", type=int, help="a seeded sample of this many images, stratified by source and "
-                                                   "label (default: all)")
-    parser.add_argument("--seed", type=int, default=SAMPLE_SEED, help="seed of the --limit sample")
-    parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--target", default="fused", help="CAM target layer: fused, stage4 or stage3")
-    parser.add_argument("--output_dir", type=Path, help="default: MODEL_DIR/report")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be at least 1")
-    output_dir = args.output_dir
-    if output_dir is None:
-        if not Path(args.model_dir).is_dir():
-            parser.error("give --output_dir for a model that is not a local directory")
-        output_dir = Path(args.model_dir) / "report"
+    out = output_dir(parser, args)
 
     from .report import frame_share_markdown
 
@@ -503,9 +528,9 @@ def main(argv: list[str] | None = None) -> dict:
                           limit=args.limit, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                           target=args.target)
     title = f"{Path(args.model_dir).name} on {' + '.join(sources)} ({args.split})"
-    write_frame_share(output_dir, result, title)
+    write_frame_share(out, result, title)
     print(frame_share_markdown(result.summary, None))
-    print(f"\nwritten: {output_dir / JSON_FILE}" + (f", {output_dir / FIGURE_FILE}" if result.worst else ""),
+    print(f"\nwritten: {out / JSON_FILE}" + (f", {out / FIGURE_FILE}" if result.worst else ""),
           file=sys.stderr)
     return result.summary
 
@@ -519,10 +544,12 @@ __all__ = [
     "cam_lesion_share",
     "evaluation_split",
     "frame_shares",
+    "labelled_sample",
     "lesion_mask",
     "lesion_reference",
     "main",
     "mask_at_grid",
+    "output_dir",
     "report_frame_share",
     "stratified_sample",
     "summarise",

@@ -33,7 +33,15 @@ from tqdm.auto import tqdm
 
 from .decision import calibrated_probabilities, temperature
 from .explain import _denormalise
-from .lesion_focus import _batches, add_data_arguments, evaluation_split, lesion_mask, stratified_sample
+from .lesion_focus import (
+    SAMPLE_SEED,
+    _batches,
+    add_data_arguments,
+    evaluation_split,
+    labelled_sample,
+    lesion_mask,
+    output_dir,
+)
 from .metrics import compute_classification_metrics
 from .metrics.statistics import bootstrap_ci, finite_or_none, paired_bootstrap
 
@@ -113,6 +121,7 @@ def occlusion_test(
     ids: Sequence[str] | None = None,
     sources: Sequence[str] | None = None,
     limit: int | None = None,
+    seed: int = SAMPLE_SEED,
     batch_size: int = 16,
     progress: bool = True,
     n_resamples: int = 1000,
@@ -121,23 +130,8 @@ def occlusion_test(
     optionally `source` and `path` columns) with their true `labels` (the model's class ids): calibrated
     probabilities for the three `VARIANTS` of every image with a proxy lesion mask, summarised pooled and per source.
     `limit`: a seeded sample, stratified by source and label."""
-    if hasattr(images, "column_names"):
-        images = images.with_format(None)
-        labels = images["label"] if labels is None else labels
-        sources = images["source"] if sources is None and "source" in images.column_names else sources
-        ids = images["path"] if ids is None and "path" in images.column_names else ids
-    if labels is None:
-        raise ValueError("occlusion_test needs the true labels")
-    labels = np.asarray(labels, dtype=np.int64)
-    ids = [str(i) for i in range(len(labels))] if ids is None else [str(i) for i in ids]
-    if len(images) != len(labels) or len(ids) != len(labels) or (sources is not None and len(sources) != len(labels)):
-        raise ValueError(f"{len(images)} images, {len(labels)} labels, {len(ids)} ids: they must match")
-    chosen = stratified_sample(labels if sources is None else [f"{s}\0{k}" for s, k in zip(sources, labels,
-                                                                                           strict=True)], limit)
-    if len(chosen) < len(labels):
-        images = images.select(chosen) if hasattr(images, "select") else [images[i] for i in chosen]
-        labels, ids = labels[chosen], [ids[i] for i in chosen]
-        sources = None if sources is None else [sources[i] for i in chosen]
+    images, labels, ids, sources, _ = labelled_sample(images, labels, ids, sources, limit, seed,
+                                                      missing_labels="occlusion_test needs the true labels")
     label_names = [str(model.config.id2label[k]) for k in sorted(model.config.id2label)]
     threshold = 0.5
     if len(label_names) == 2:
@@ -252,26 +246,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m modeling.occlusion", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser, default_split="validation")
-    parser.add_argument("--limit", type=int, help="a seeded sample of this many images, stratified by source and "
-                                                   "label (default: all)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--output_dir", type=Path, help="default: MODEL_DIR/report")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be at least 1")
-    output_dir = args.output_dir
-    if output_dir is None:
-        if not Path(args.model_dir).is_dir():
-            parser.error("give --output_dir for a model that is not a local directory")
-        output_dir = Path(args.model_dir) / "report"
+    out = output_dir(parser, args)
     model, processor, split, labels, ids, sources = evaluation_split(parser, args)
-    result = occlusion_test(model, processor, split, labels, ids=ids, limit=args.limit, batch_size=args.batch_size,
-                            progress=not args.no_progress)
-    written = write_occlusion(output_dir, result, f"{Path(args.model_dir).name} on {' + '.join(sources)} "
-                                                  f"({args.split})")
+    result = occlusion_test(model, processor, split, labels, ids=ids, limit=args.limit, seed=args.seed,
+                            batch_size=args.batch_size, progress=not args.no_progress)
+    written = write_occlusion(out, result, f"{Path(args.model_dir).name} on {' + '.join(sources)} ({args.split})")
     print(occlusion_markdown(result.summary))
-    print(f"\nwritten: {', '.join(str(output_dir / name) for name in written)}", file=sys.stderr)
+    print(f"\nwritten: {', '.join(str(out / name) for name in written)}", file=sys.stderr)
     return result.summary
 
 
