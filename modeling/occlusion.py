@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decision import calibrated_probabilities, temperature
+from .decision import calibrated_probabilities, decision_threshold, temperature
 from .explain import _denormalise
 from .lesion_focus import (
     SAMPLE_SEED,
@@ -98,10 +98,9 @@ def _group_summary(labels: np.ndarray, probs: dict[str, np.ndarray], threshold: 
     summary: dict = {"n": int(len(labels))}
     if len(set(labels.tolist())) < 2:  # ROC AUC needs both classes
         return summary
-    if set(labels.tolist()) == {0, 1}:
-        from sklearn.metrics import roc_auc_score
-
-        summary["mask_area_roc_auc"] = float(roc_auc_score(labels, areas))
+    if set(labels.tolist()) == {0, 1}:  # the area (a share in [0, 1]) scored as if it were p(class 1)
+        area_scores = np.stack([1 - areas, areas], axis=1)
+        summary["mask_area_roc_auc"] = compute_classification_metrics(area_scores, labels)["roc_auc"]
     for name in VARIANTS:
         point = compute_classification_metrics(probs[name], labels, threshold)["roc_auc"]
         ci = bootstrap_ci(labels, probs[name], threshold, n_resamples=n_resamples)["roc_auc"]
@@ -133,11 +132,7 @@ def occlusion_test(
     images, labels, ids, sources, _ = labelled_sample(images, labels, ids, sources, limit, seed,
                                                       missing_labels="occlusion_test needs the true labels")
     label_names = [str(model.config.id2label[k]) for k in sorted(model.config.id2label)]
-    threshold = 0.5
-    if len(label_names) == 2:
-        from .decision import decision_threshold
-
-        threshold = decision_threshold(model.config)
+    threshold = decision_threshold(model.config) if len(label_names) == 2 else 0.5
     from .inference import MODEL_LOCK
 
     probs = {name: np.full((len(labels), len(label_names)), np.nan, dtype=np.float32) for name in VARIANTS}
