@@ -90,3 +90,23 @@ def test_finetune_recipe_compares_fine_tuning_with_scratch_under_one_budget(tmp_
         assert model_args.image_size == 224 and args.per_device_train_batch_size == 32
     assert (tuned_args.learning_rate, scratch_args.learning_rate) == (3e-4, 1e-3)
     assert commands[-1][:2] == ["-m", "modeling.compare"]
+
+
+def test_input_size_probe_prints_one_validation_row_per_size(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """recipes/input_size_probe.py (RESULTS.md: a larger input at test time) on generated images: one table row per
+    size, the per-source validation ROC AUCs and their mean, the test split never read."""
+    import importlib.util
+    import sys
+
+    from helpers import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", {"train": 10, "test": 2}, size=48)
+    spec = importlib.util.spec_from_file_location("input_size_probe", ROOT / "recipes" / "input_size_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    monkeypatch.setattr(sys, "argv", ["input_size_probe.py", str(tiny_model_dir), "--sizes", "32", "40",
+                                      "--dataset", str(data)])
+    probe.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and " px |" in line]
+    assert [row.split(" |")[0] for row in rows] == ["| 32 px", "| 40 px"]
+    assert all(0 <= float(cell) <= 1 for row in rows for cell in row.strip("|").split("|")[1:])
