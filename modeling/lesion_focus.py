@@ -144,8 +144,8 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     centre = (np.asarray(image.shape[:2]) - 1) / 2
     distance = [np.hypot(*(np.asarray(c) - centre)) / np.hypot(*centre) for c in
                 ndimage.center_of_mass(dark, regions, labels)] if count else []
-    candidates = [(size * (1 - min(d, 1.0)) ** 2, k) for k, size, d in zip(labels, sizes, distance, strict=True)
-                  if k not in corners]
+    candidates = [(size * (1 - min(d, 1.0)) ** 2, label) for label, size, d in
+                  zip(labels, sizes, distance, strict=True) if label not in corners]
     if not candidates:
         return None
     mask = ndimage.binary_fill_holes(regions == max(candidates)[1])

@@ -152,7 +152,7 @@ def image_grid_figure(rows: list[list[np.ndarray]], titles: list[list[str]], tit
     columns = max(len(row) for row in rows)
     figure = Figure(figsize=(7.2, 2.5 * len(rows) + 0.6), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = np.atleast_2d(figure.subplots(len(rows), columns, squeeze=False))
+    axes = figure.subplots(len(rows), columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for row_axes, row, row_titles in zip(axes, rows, titles, strict=True):
