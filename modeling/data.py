@@ -379,17 +379,33 @@ def _like(output: torch.Tensor, image):
     return tv_tensors.wrap(output, like=image) if isinstance(image, tv_tensors.TVTensor) else output
 
 
-class ShadesOfGray(v2.Transform):
-    """Shades-of-Gray colour constancy on a uint8 image tensor: the processor's own function
-    (`image_processing_asff_resnet.shades_of_gray`), so training sees the colours inference sees."""
+class _PixelTransform(v2.Transform):
+    """A transform of the image's pixel values only (`transform_pixels`): a lesion mask (`tv_tensors.Mask`, which
+    training with `lesion_focus_loss_coefficient` passes along) goes through unchanged."""
 
     _transformed_types = (torch.Tensor,)
+
+    def transform(self, inpt, params):
+        return inpt if isinstance(inpt, tv_tensors.Mask) else self.transform_pixels(inpt)
+
+    def transform_pixels(self, inpt):
+        raise NotImplementedError
+
+
+def _interpolation_for(inpt, interpolation: v2.InterpolationMode) -> v2.InterpolationMode:
+    """Masks are resized with nearest neighbours: they stay masks."""
+    return v2.InterpolationMode.NEAREST if isinstance(inpt, tv_tensors.Mask) else interpolation
+
+
+class ShadesOfGray(_PixelTransform):
+    """Shades-of-Gray colour constancy on a uint8 image tensor: the processor's own function
+    (`image_processing_asff_resnet.shades_of_gray`), so training sees the colours inference sees."""
 
     def __init__(self, power: float = 6.0):
         super().__init__()
         self.power = power
 
-    def transform(self, inpt, params):
+    def transform_pixels(self, inpt):
         return _like(shades_of_gray(_plain(inpt), self.power), inpt)
 
 
@@ -404,7 +420,8 @@ class FitToSquare(v2.Transform):
         self.size, self.mode, self.interpolation = size, mode, interpolation
 
     def transform(self, inpt, params):
-        return _like(fit_to_square(_plain(inpt), self.size, self.mode, self.interpolation), inpt)
+        interpolation = _interpolation_for(inpt, self.interpolation)
+        return _like(fit_to_square(_plain(inpt), self.size, self.mode, interpolation), inpt)
 
 
 class SquashToSquare(v2.Transform):
@@ -419,26 +436,24 @@ class SquashToSquare(v2.Transform):
 
     def transform(self, inpt, params):
         side = min(inpt.shape[-2:])
-        return _like(fit_to_square(_plain(inpt), side, "squash", self.interpolation), inpt)
+        return _like(fit_to_square(_plain(inpt), side, "squash", _interpolation_for(inpt, self.interpolation)), inpt)
 
 
 def _uniform(low: float, high: float) -> float:
     return low + (high - low) * torch.rand(()).item()
 
 
-class DermoscopeFrame(v2.Transform):
+class DermoscopeFrame(_PixelTransform):
     """The dermoscope's field stop: with probability `p`, everything outside a circle (radius `radius` x the image
     side, centre jittered by up to `shift` x the side) turns dark (grey level 0-`max_level`), with a soft edge.
     Large radii leave only dark corners (a vignette). uint8 image tensors (C, H, W); torch's RNG (seedable)."""
-
-    _transformed_types = (torch.Tensor,)
 
     def __init__(self, p: float = 0.5, radius: tuple[float, float] = (0.35, 0.72), shift: float = 0.05,
                  max_level: int = 40):
         super().__init__()
         self.p, self.radius, self.shift, self.max_level = p, radius, shift, max_level
 
-    def transform(self, inpt, params):
+    def transform_pixels(self, inpt):
         if torch.rand(()).item() >= self.p:
             return inpt
         image = _plain(inpt)
@@ -457,18 +472,16 @@ class DermoscopeFrame(v2.Transform):
         return _like(out.round().clamp(0, 255).to(image.dtype), inpt)
 
 
-class HairLines(v2.Transform):
+class HairLines(_PixelTransform):
     """Hair across the lesion: with probability `p`, 1-`max_hairs` thin dark curves (quadratic Bézier, 1-2 px wide
     at 224 px, wider in proportion on larger images) in a dark brown/black shade. uint8 image tensors (C, H, W);
     torch's RNG (seedable)."""
-
-    _transformed_types = (torch.Tensor,)
 
     def __init__(self, p: float = 0.5, max_hairs: int = 8, max_level: int = 60):
         super().__init__()
         self.p, self.max_hairs, self.max_level = p, max_hairs, max_level
 
-    def transform(self, inpt, params):
+    def transform_pixels(self, inpt):
         if torch.rand(()).item() >= self.p:
             return inpt
         image = _plain(inpt)
@@ -550,19 +563,40 @@ def transforms_for_processor(processor, train: bool, strength: float = 1.0,
                             augmentation=augmentation)
 
 
-def make_transform_fn(transform: Callable) -> Callable[[dict], dict]:
-    """For `Dataset.set_transform`: a batch of PIL images + labels -> pixel_values + labels."""
+def image_with_lesion_mask(image: Image.Image) -> tuple[Image.Image, tv_tensors.Mask]:
+    """The image and its proxy lesion mask (`lesion_focus.lesion_mask`) as a (1, H, W) uint8 `tv_tensors.Mask`
+    that geometric transforms move with the image; all zeros where no lesion was found."""
+    from .lesion_focus import lesion_mask
+
+    mask = lesion_mask(np.asarray(image))
+    if mask is None:
+        mask = np.zeros((image.height, image.width), dtype=bool)
+    return image, tv_tensors.Mask(torch.from_numpy(mask.astype(np.uint8))[None])
+
+
+def make_transform_fn(transform: Callable, lesion_masks: bool = False) -> Callable[[dict], dict]:
+    """For `Dataset.set_transform`: a batch of PIL images + labels -> pixel_values + labels; with `lesion_masks`,
+    also each image's proxy lesion mask after the same geometric transforms (`lesion_mask`, (H, W) uint8)."""
 
     def apply(batch: dict) -> dict:
-        batch["pixel_values"] = [transform(to_rgb(image)) for image in batch["image"]]
+        images = [to_rgb(image) for image in batch["image"]]
+        if not lesion_masks:
+            batch["pixel_values"] = [transform(image) for image in images]
+            return batch
+        pairs = [transform(*image_with_lesion_mask(image)) for image in images]
+        batch["pixel_values"] = [pixels for pixels, _ in pairs]
+        batch["lesion_mask"] = [mask.as_subclass(torch.Tensor)[0] for _, mask in pairs]
         return batch
 
     return apply
 
 
 def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stacks transformed examples into the model's inputs."""
-    return {
+    """Stacks transformed examples into the model's inputs (`lesion_masks` too when the examples carry them)."""
+    batch = {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
         "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long),
     }
+    if "lesion_mask" in examples[0]:
+        batch["lesion_masks"] = torch.stack([e["lesion_mask"] for e in examples])
+    return batch

@@ -108,6 +108,11 @@ class ModelArguments:
                 "model card as after training; its training_settings.json, if any, is recorded as its recipe"})
     do_eval_only: bool = field(default=False, metadata={
         "help": "evaluate --model_name_or_path on the test split of --dataset (or on all of it) and report"})
+    lesion_focus_loss_coefficient: float | None = field(default=None, metadata={
+        "help": "add this times the share of the true class's Grad-CAM mass outside each training image's proxy "
+                "lesion mask (modeling.lesion_focus.lesion_mask, moved with the augmentation) to the loss: asks the "
+                "model to read the lesion rather than the skin and frame around it. 0 or unset: off (when "
+                "fine-tuning, the checkpoint's own setting)"})
     cam_frame_share: bool = field(default=True, metadata={
         "help": "lesion focus in the test report: the share of Grad-CAM mass (each image's true class) in the outer "
                 "1/8 of the input, with the 8 worst images (modeling.lesion_focus); one Grad-CAM pass per image"})
@@ -154,6 +159,8 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
             logger.warning("labels %s differ from the checkpoint's %s: the head is re-initialised",
                            labels, list(config.id2label.values()))
         extra = {"ood_feature": model_args.ood_feature} if model_args.ood_feature else {}
+        if model_args.lesion_focus_loss_coefficient is not None:
+            extra["lesion_focus_loss_coefficient"] = model_args.lesion_focus_loss_coefficient
         model = AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path, trust_remote_code=True, id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=not same_labels, **extra)
@@ -180,6 +187,8 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
             overrides["classifier_dropout"] = model_args.classifier_dropout
         if model_args.ood_feature:
             overrides["ood_feature"] = model_args.ood_feature
+        if model_args.lesion_focus_loss_coefficient is not None:
+            overrides["lesion_focus_loss_coefficient"] = model_args.lesion_focus_loss_coefficient
         if model_args.config_name:
             config = AsffResNetConfig.from_pretrained(model_args.config_name, **overrides)
         else:
@@ -207,13 +216,15 @@ def _image_size(processor) -> int:
     return size.get("shortest_edge") or size.get("height")
 
 
-def attach_transforms(prepared: PreparedData, processor, strength: float, augmentation: str = "standard") -> None:
-    """train: the processor's colour constancy, then augmentation; validation/test: exactly the processor's steps
-    (colour constancy, resize); both normalised like the processor."""
+def attach_transforms(prepared: PreparedData, processor, strength: float, augmentation: str = "standard",
+                      lesion_masks: bool = False) -> None:
+    """train: the processor's colour constancy, then augmentation (with `lesion_masks`, each image's proxy lesion
+    mask moved with it); validation/test: exactly the processor's steps (colour constancy, resize); both normalised
+    like the processor."""
     for name, split in prepared.dataset.items():
-        transform = transforms_for_processor(processor, train=name == "train", strength=strength,
-                                             augmentation=augmentation)
-        split.set_transform(make_transform_fn(transform))
+        train = name == "train"
+        transform = transforms_for_processor(processor, train=train, strength=strength, augmentation=augmentation)
+        split.set_transform(make_transform_fn(transform, lesion_masks=lesion_masks and train))
 
 
 SOURCE_MEAN_METRIC = "source_mean_roc_auc"
@@ -489,7 +500,14 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         model.ood_scorer, model.config.ood_method, model.config.ood_threshold = None, None, None
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    attach_transforms(prepared, processor, data_args.augmentation_strength, data_args.augmentation)
+    lesion_focus = getattr(model.config, "lesion_focus_loss_coefficient", 0.0) > 0
+    if (lesion_focus or model_args.lesion_focus_loss_coefficient) and not hasattr(model, "lesion_focus_loss"):
+        raise UsageError(f"--lesion_focus_loss_coefficient needs an ASFF model; {name} has no fused map to focus")
+    if lesion_focus and model_args.class_weighting != "none":
+        raise UsageError("--lesion_focus_loss_coefficient and --class_weighting balanced: the weighted loss would "
+                         "replace the model's, lesion term included; use one of them")
+    attach_transforms(prepared, processor, data_args.augmentation_strength, data_args.augmentation,
+                      lesion_masks=lesion_focus)
     train = prepared.dataset["train"]
     if data_args.max_train_samples:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
