@@ -109,7 +109,7 @@ class ModelArguments:
     do_eval_only: bool = field(default=False, metadata={
         "help": "evaluate --model_name_or_path on the test split of --dataset (or on all of it) and report"})
     lesion_focus_loss_coefficient: float | None = field(default=None, metadata={
-        "help": "add this times the share of the true class's Grad-CAM mass outside each training image's proxy "
+        "help": "add this times the share of the true class's Grad-CAM evidence outside each training image's proxy "
                 "lesion mask (modeling.lesion_focus.lesion_mask, moved with the augmentation) to the loss: asks the "
                 "model to read the lesion rather than the skin and frame around it. 0 or unset: off (when "
                 "fine-tuning, the checkpoint's own setting)"})
@@ -588,6 +588,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
                     backbone=backbone_name(model.config))
     if getattr(model.config, "fusion_mode", None):
         settings["fusion_mode"] = model.config.fusion_mode
+    if getattr(model.config, "lesion_focus_loss_coefficient", 0.0) > 0:  # a fine-tuned model may keep its own
+        settings["lesion_focus_loss_coefficient"] = model.config.lesion_focus_loss_coefficient
     if recipe is None:
         settings.update(train_runtime_s=round(train_metrics.get("train_runtime", 0.0), 1),
                         best_checkpoint=trainer.state.best_model_checkpoint,

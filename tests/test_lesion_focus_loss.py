@@ -31,8 +31,8 @@ def tiny_model(**kwargs) -> AsffResNetForImageClassification:
 
 
 def manual_grad_cam(model, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM at the fused map by the book: the true class's logit, its gradient at the map averaged per channel
-    as the channel weights, ReLU of the weighted sum."""
+    """Grad-CAM at the fused map by the book, before its ReLU: the true class's logit, its gradient at the map
+    averaged per channel as the channel weights, the weighted sum."""
     captured = {}
 
     def keep(module, inputs, output):
@@ -47,13 +47,13 @@ def manual_grad_cam(model, pixels: torch.Tensor, labels: torch.Tensor) -> torch.
     logits.gather(1, labels[:, None]).sum().backward()
     fused = captured["map"]
     weights = fused.grad.mean(dim=(2, 3))
-    return torch.relu(torch.einsum("bc,bchw->bhw", weights, fused)).detach()
+    return torch.einsum("bc,bchw->bhw", weights, fused).detach()
 
 
-def test_the_term_is_grad_cams_share_outside_the_lesion_grown_by_one_cell():
+def test_the_term_is_the_share_of_grad_cam_evidence_outside_the_lesion_grown_by_one_cell():
     model = tiny_model()
     pixels, labels = torch.randn(3, 3, SIZE, SIZE), torch.tensor([0, 1, 1])
-    cam = manual_grad_cam(model, pixels, labels)
+    cam = manual_grad_cam(model, pixels, labels).abs()  # evidence for and against: a negative map is no way out
     assert cam.shape[-2:] == (4, 4)
     masks = torch.zeros(3, SIZE, SIZE)
     masks[:, :16, :16] = 1  # exactly the map's top-left cell; grown by one cell: the top-left 2 x 2 cells
@@ -68,7 +68,7 @@ def test_the_term_is_grad_cams_share_outside_the_lesion_grown_by_one_cell():
 def test_forward_adds_the_term_only_with_masks_labels_and_a_coefficient():
     pixels, labels = torch.randn(2, 3, SIZE, SIZE), torch.tensor([0, 1])
     masks = torch.zeros(2, SIZE, SIZE)
-    masks[:, 20:44, 20:44] = 1
+    masks[:, :16, :20] = 1  # the map's top-left corner: grown by one cell it leaves 10 of the 16 cells outside
     plain = tiny_model()
     guided = tiny_model(lesion_focus_loss_coefficient=0.5)
     cross_entropy = plain(pixel_values=pixels, labels=labels).loss
@@ -84,8 +84,8 @@ def test_forward_adds_the_term_only_with_masks_labels_and_a_coefficient():
     guided.train()
     guided.zero_grad()
     guided.lesion_focus_loss(guided.asff_resnet(pixels), labels, masks).backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in guided.asff_resnet.backbone.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in guided.classifier.parameters())
+    assert sum(p.grad.abs().sum() for p in guided.asff_resnet.backbone.parameters() if p.grad is not None) > 1e-3
+    assert sum(p.grad.abs().sum() for p in guided.classifier.parameters() if p.grad is not None) > 1e-3
 
 
 def test_the_coefficient_is_saved_and_checked(tmp_path):
@@ -149,6 +149,7 @@ def test_train_hf_trains_with_the_term_and_records_it(image_folder, tmp_path):
                   "--lesion_focus_loss_coefficient", "0.5", "--cam_frame_share", "false", *TINY_TRAIN_ARGS])
     assert result["channel"]["test"]["n"] == 12
     assert json.loads((out / "config.json").read_text())["lesion_focus_loss_coefficient"] == 0.5
+    assert json.loads((out / "metrics.json").read_text())["settings"]["lesion_focus_loss_coefficient"] == 0.5
 
 
 @pytest.mark.parametrize("extra, message", [
