@@ -267,13 +267,14 @@ def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | No
     return data
 
 
-def cam_caption(cam_label: str, target: str, method: str) -> str:
-    from modeling.explain import CAM_HOW_TO_READ, CAM_HOW_TO_READ_CLASS_AGNOSTIC, CLASS_AGNOSTIC_METHODS
+def cam_caption(cam_label: str, target: str, method: str, empty: bool = False) -> str:
+    from modeling.explain import CAM_EMPTY, CAM_HOW_TO_READ, CAM_HOW_TO_READ_CLASS_AGNOSTIC, CLASS_AGNOSTIC_METHODS
 
     where = f"({CAM_TARGETS.get(target, target)}, {method})"
     if method in CLASS_AGNOSTIC_METHODS:
         return f"**{method}, the same for every class** {where}. " + CAM_HOW_TO_READ_CLASS_AGNOSTIC
-    return f"**Grad-CAM of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
+    caption = f"**Grad-CAM of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
+    return caption + (" " + CAM_EMPTY.format(label=cam_label) if empty else "")
 
 
 def cam_subject(result) -> str:
@@ -425,7 +426,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             decision_html(prediction),
             prediction_json(prediction, served.info, result.cam_label, served.backend_name),
             cam_image(result),
-            cam_caption(result.cam_label, result.target, result.method),
+            cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty),
             result.fusion_figure,
             " ".join(filter(None, [result.fusion_message, FUSION_HOW_TO_READ.get(served.info.fusion_mode or "")])),
             timing,
@@ -491,7 +492,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             elapsed = (time.perf_counter() - start) * 1000
             session["cam_label"] = result.cam_label
             cam = cam_image(result)
-            caption = cam_caption(result.cam_label, result.target, result.method)
+            caption = cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty)
             timing = (f"{cam_subject(result)}, recomputed in **{elapsed:.0f} ms** (the decision changed with the "
                       "threshold; the probabilities are the cached ones)")
         return ((prediction.label, prediction.probabilities), decision_html(prediction),

@@ -77,8 +77,9 @@ class AsffResNetConfig(PreTrainedConfig):
     lesion_focus_loss_coefficient (`float`, *optional*, defaults to 0.0):
         Training only: weight of a loss term, added to the cross-entropy when the forward pass is given
         `lesion_masks`, that is the share of the true class's Grad-CAM evidence at the fused map (the CAM the report
-        measures, before its ReLU, in absolute value) outside the lesion mask grown by one cell. 0: off. It asks the model to base its evidence on the
-        lesion rather than on the skin and the frame around it ("right for the right reasons", Ross et al. 2017).
+        measures, before its ReLU, in absolute value) outside the lesion mask grown by one cell. 0: off. It asks the
+        model to base its evidence on the lesion rather than on the skin and the frame around it ("right for the
+        right reasons", Ross et al. 2017).
     """
 
     model_type = "asff_resnet"

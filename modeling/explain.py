@@ -54,6 +54,10 @@ CAM_HOW_TO_READ_CLASS_AGNOSTIC = (
     "Warm colours (red) mark where the target layer's activations vary most (their first principal component). "
     "EigenCAM ignores the class: the map is the same whichever class is decided. It does not outline the lesion."
 )
+CAM_EMPTY = (
+    "**This map is empty:** no region of the image raised the score of **{label}** at this layer (Grad-CAM keeps only "
+    "what raised it). The decision still stands; the model's head reached it from the image as a whole."
+)
 CAM_HOW_TO_READ = (
     "Warm colours (red) mark the regions that raised the score of **{label}** most; blue ones had little influence. "
     "It shows where the model looked, not why, and it does not outline the lesion."
@@ -74,6 +78,11 @@ class ExplainResult:
     target: str
     method: str
     timing_ms: dict[str, float]
+
+    @property
+    def cam_is_empty(self) -> bool:
+        """No pixel raised the explained score: Grad-CAM's ReLU left nothing (the map shows no heat)."""
+        return not np.any(self.cam > 0)
 
     @property
     def label(self) -> str:

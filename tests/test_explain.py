@@ -157,3 +157,19 @@ def test_colour_scale_under_the_overlay():
     assert scaled.shape[1] == 224 and scaled.shape[0] > 224 and scaled.dtype == np.uint8
     bar = scaled[225].astype(int)  # jet: blue at the low end, red at the high end
     assert bar[2, 2] > bar[2, 0] and bar[-3, 0] > bar[-3, 2]
+
+
+def test_an_empty_grad_cam_is_said_so(loaded, image):
+    """A map with no positive evidence shows no heat: the caption says so rather than leaving a blank overlay."""
+    import dataclasses
+
+    import app
+
+    model, processor, _ = loaded["channel"]
+    result = explain(model, processor, image, threshold=0.0)
+    empty = dataclasses.replace(result, cam=np.zeros_like(result.cam))
+    assert empty.cam_is_empty and result.cam_is_empty == (not np.any(result.cam > 0))
+    said = app.cam_caption(empty.cam_label, empty.target, empty.method, empty.cam_is_empty)
+    assert "This map is empty" in said and f"score of **{empty.cam_label}**" in said
+    assert "This map is empty" not in app.cam_caption(result.cam_label, result.target, result.method, False)
+    assert "This map is empty" not in app.cam_caption(result.cam_label, result.target, "eigencam", True)
