@@ -30,7 +30,7 @@ def rename_card(card_path: Path, name: str, note: str | None = None) -> None:
     card.data.model_name = name
     if old:
         card.content = card.content.replace(f"\n# {old}\n", f"\n# {name}\n", 1).replace(
-            f'from_pretrained("{old}"', f'from_pretrained("{name}"')
+            f'from_pretrained("{old}"', f'from_pretrained("{name}"').replace(f'model="{old}"', f'model="{name}"')
     if note:
         card.content += f"\n## Release notes\n\n{note}\n"
     card.save(card_path)

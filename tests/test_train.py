@@ -224,3 +224,5 @@ def test_half_precision_export_loads_as_float32(trained, tmp_path):
         assert torch.allclose(release(x).logits, original(x).logits, atol=1e-2)
     assert (out / "README.md").is_file() and (out / "report" / "roc.png").is_file()
     assert not list(out.glob("checkpoint-*"))
+    card = (out / "README.md").read_text()  # the usage snippets name the release, not the training run
+    assert 'model="release"' in card and 'from_pretrained("release"' in card and f'model="{trained.name}"' not in card
