@@ -505,7 +505,11 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         raise UsageError(f"--lesion_focus_loss_coefficient needs an ASFF model; {name} has no fused map to focus")
     if lesion_focus and model_args.class_weighting != "none":
         raise UsageError("--lesion_focus_loss_coefficient and --class_weighting balanced: the weighted loss would "
-                         "replace the model's, lesion term included; use one of them")
+                         "replace the model's, lesion term included; use one of them (a checkpoint may carry its own "
+                         "coefficient: --lesion_focus_loss_coefficient 0 turns the term off)")
+    if lesion_focus and model_args.lesion_focus_loss_coefficient is None:
+        logger.info("the lesion-focus loss is on (coefficient %s, from the checkpoint's config; "
+                    "--lesion_focus_loss_coefficient 0 turns it off)", model.config.lesion_focus_loss_coefficient)
     attach_transforms(prepared, processor, data_args.augmentation_strength, data_args.augmentation,
                       lesion_masks=lesion_focus)
     train = prepared.dataset["train"]
