@@ -4,6 +4,8 @@ Importing this package registers the model with transformers' Auto classes, and 
 `save_pretrained` ships their code (`trust_remote_code=True` loads it where this package is not installed).
 """
 
+import sys as _sys
+
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .baselines import (
@@ -32,6 +34,12 @@ for _config_class in (AsffResNetConfig, TorchvisionClassifierConfig):
     AutoImageProcessor.register(_config_class, image_processor_classes={"torchvision": AsffResNetImageProcessor},
                                 exist_ok=True)
 AsffResNetImageProcessor.register_for_auto_class()
+
+# app.py imports the package's torch-free modules before the package itself (`import_torch_free_modules`): bind them
+# to it, as importing them through the package would have.
+for _name, _module in list(_sys.modules.items()):
+    if _name.startswith(__name__ + ".") and _name.count(".") == 1:
+        globals().setdefault(_name.rpartition(".")[2], _module)
 
 __all__ = [
     "BASELINE_ARCHITECTURES",

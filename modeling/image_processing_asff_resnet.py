@@ -38,11 +38,13 @@ def shades_of_gray(image: torch.Tensor, power: float = 6.0) -> torch.Tensor:
         raise TypeError(f"shades_of_gray expects a uint8 image tensor, got {image.dtype}")
     if not power >= 1:
         raise ValueError(f"the Shades-of-Gray power must be >= 1 (1: grey world, inf: max-RGB), got {power}")
-    pixels = image.to(torch.float32).flatten(-2) / 255.0  # (..., C, H*W) in [0, 1]: x^p stays in float32's range
+    # float64: the illuminant does not depend on the order of summation (numpy's twin in image_processing_numpy.py
+    # gives the same pixels, which float32 sums over a whole photograph would not)
+    pixels = image.to(torch.float64).flatten(-2) / 255.0  # (..., C, H*W) in [0, 1]
     if math.isinf(power):
-        illuminant = pixels.amax(-1).double()
+        illuminant = pixels.amax(-1)
     else:
-        illuminant = pixels.pow(power).mean(-1).double().pow(1.0 / power)  # (..., C)
+        illuminant = pixels.pow(power).mean(-1).pow(1.0 / power)  # (..., C)
     length = illuminant.norm(dim=-1, keepdim=True)
     gain = length / (illuminant.clamp_min(1e-12) * math.sqrt(image.shape[-3]))
     gain = torch.where(length > 0, gain, torch.ones_like(gain))  # an all-black image stays as it is

@@ -8,10 +8,8 @@ Predictions run on the torch model, or on an onnxruntime graph of it (`backend`,
 from __future__ import annotations
 
 import csv
-import dataclasses
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,87 +19,13 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from . import AsffResNetConfig  # noqa: F401  (importing the package registers the Auto classes)
-from .decision import calibrated_probabilities, decide, decision_threshold, temperature
+from .decision import calibrated_probabilities, decision_threshold, temperature
 from .image_utils import ImageLoadError, ImageSource, load_image
 from .model_card import read_model_card
 from .onnx_runtime import OnnxClassifier, backend_name
-
-OOD_WARNING = ("This does not look like a dermoscopic image of a skin lesion; the prediction is not meaningful.")
-# Grad-CAM hooks a module of the shared model, so a concurrent forward would leak into its activations; and on
-# CPU two forwards at once are no faster than one after the other. One lock serialises every forward (onnxruntime's
-# too: it uses the same cores).
-MODEL_LOCK = threading.Lock()
-
-
-@dataclass
-class ModelInfo:
-    source: str
-    name: str  # what the UI shows: a Hub id, or a directory's name (never a server path)
-    model_type: str
-    fusion_mode: str | None  # None: not an ASFF-ResNet (e.g. a torchvision baseline)
-    id2label: dict[int, str]
-    decision_threshold: float
-    temperature: float
-    ood_threshold: float | None  # None: the model has no OOD score
-    image_size: int | None
-    num_parameters: int
-    card_text: str | None = None
-    card_data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Prediction:
-    """One image's result. `probabilities` are calibrated (softmax(logits / temperature)), averaged over the TTA
-    views when `tta`; `label` is the decision at `threshold`. With TTA, `spread` is the standard deviation of p(class
-    1) (binary) or of the decided class's probability across the 8 views, and `interval` their (min, max)."""
-
-    probabilities: dict[str, float]
-    label: str
-    threshold: float
-    tta: bool = False
-    views: int = 1  # how many TTA views the probabilities average
-    spread: float | None = None
-    interval: tuple[float, float] | None = None
-    ood_score: float | None = None
-    ood_threshold: float | None = None
-
-    @property
-    def in_distribution(self) -> bool | None:
-        """False when the OOD score is above the model's threshold; None when the model has no OOD score."""
-        if self.ood_score is None or self.ood_threshold is None:
-            return None
-        return bool(self.ood_score <= self.ood_threshold)
-
-    def at_threshold(self, threshold: float) -> Prediction:
-        """The same probabilities decided at another threshold (the one rule, `decide`); spread and OOD score do not
-        depend on it."""
-        labels = list(self.probabilities)
-        index = decide(list(self.probabilities.values()), threshold)
-        return dataclasses.replace(self, label=labels[index], threshold=float(threshold))
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: what the API returns."""
-        return {"label": self.label, "probabilities": self.probabilities, "threshold": self.threshold,
-                "in_distribution": self.in_distribution, "ood_score": self.ood_score,
-                "ood_threshold": self.ood_threshold, "tta": self.tta, "views": self.views, "spread": self.spread,
-                "interval": list(self.interval) if self.interval else None}
-
-
-def local_model_dir(source: str | Path) -> Path:
-    """Where a model's files are: a local directory as it is; a Hub id downloaded (`snapshot_download`: weights, code,
-    card and its `onnx/` graphs, into the Hub cache) so that onnxruntime can serve it as it serves a local directory
-    (`modeling.onnx_runtime` looks up ONNX files in local directories only)."""
-    if Path(source).is_dir():
-        return Path(source)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(source)))
-
-
-def model_name(source: str | Path) -> str:
-    """A Hub id as it is; a local directory by its name only (the UI must not show server paths)."""
-    path = Path(source)
-    return path.resolve().name if path.exists() else str(source)
+from .prediction import MODEL_LOCK, OOD_WARNING, ModelInfo, Prediction, local_model_dir, model_name
+from .prediction import make_prediction as prediction_from
+from .prediction import tta_views as tta_views_numpy
 
 
 def load_classifier(model_id_or_dir: str | Path) -> tuple[nn.Module, Any, ModelInfo]:
@@ -160,13 +84,8 @@ def pixel_values(processor, image: Image.Image) -> torch.Tensor:
 
 
 def tta_views(pixel_values: torch.Tensor) -> torch.Tensor:
-    """The dihedral group of a square crop (4 rotations x optional flip, 8 views, the identity first); flips and a
-    half turn otherwise. Lesions have no canonical orientation, so every view is as valid as the original."""
-    if pixel_values.shape[-1] == pixel_values.shape[-2]:
-        rotations = [torch.rot90(pixel_values, k, dims=(-2, -1)) for k in range(4)]
-        return torch.cat(rotations + [r.flip(-1) for r in rotations])
-    flips = [pixel_values, pixel_values.flip(-1), pixel_values.flip(-2), pixel_values.flip(-1).flip(-2)]
-    return torch.cat(flips)
+    """`modeling.prediction.tta_views` for a tensor: the 8 dihedral views of a square crop, the identity first."""
+    return torch.from_numpy(tta_views_numpy(pixel_values.cpu().numpy()))
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -209,24 +128,17 @@ def make_prediction(model: nn.Module, probs: torch.Tensor, threshold: float | No
                     view_probs: torch.Tensor | None = None, ood_score: float | None = None) -> Prediction:
     """A `Prediction` from one image's calibrated probabilities (and its TTA views and OOD score)."""
     threshold = decision_threshold(model.config) if threshold is None else float(threshold)
-    index = decide(probs, threshold)
-    spread = interval = None
-    if view_probs is not None:
-        column = view_probs[:, 1] if view_probs.shape[-1] == 2 else view_probs[:, index]
-        spread, interval = float(column.std(unbiased=False)), (float(column.min()), float(column.max()))
-    id2label = model.config.id2label
-    return Prediction(
-        probabilities={str(id2label[i]): float(p) for i, p in enumerate(probs.tolist())},
-        label=str(id2label[index]), threshold=threshold, tta=view_probs is not None,
-        views=1 if view_probs is None else int(view_probs.shape[0]), spread=spread, interval=interval,
-        ood_score=None if ood_score is None else float(ood_score), ood_threshold=ood_threshold(model))
+    return prediction_from(probs, model.config.id2label, threshold, view_probs, ood_score, ood_threshold(model))
 
 
 def predict(model: nn.Module, processor, image: ImageSource, tta: bool = False,
             threshold: float | None = None, backend: OnnxClassifier | None = None) -> Prediction:
     """Calibrated probabilities, decision, OOD flag (and TTA spread) for one image (any input `load_image` takes);
     on `backend` (onnxruntime) when given, else torch."""
-    out = run_model(model, pixel_values(processor, load_image(image)), tta, backend)
+    pixels = pixel_values(processor, load_image(image))
+    if backend is not None:
+        return backend.predict(pixels.numpy(), tta, threshold)
+    out = run_model(model, pixels, tta, backend)
     return make_prediction(model, out.probs[0], threshold, None if out.view_probs is None else out.view_probs[0],
                            None if out.ood_scores is None else out.ood_scores[0])
 
@@ -307,6 +219,7 @@ __all__ = [
     "ModelInfo",
     "Prediction",
     "load_classifier",
+    "local_model_dir",
     "load_image",
     "make_prediction",
     "model_name",

@@ -10,6 +10,10 @@ Every graph records in its metadata the labels, the input size and a fingerprint
 a graph that does not match the model (other labels, other input size, other weights) is refused. The graph outputs
 raw logits (and the OOD score and fusion weights when the model has them): calibration, the decision threshold and
 the OOD threshold stay in `config.json`, so re-calibrating a model does not invalidate its ONNX files.
+
+Importing this module does not import torch (the app predicts with it before torch is loaded): `OnnxClassifier.predict`
+takes the processor's output as a numpy array and returns a `Prediction`; only `__call__` (which mimics the torch
+model) and exporting need torch.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from .decision import calibrated_probabilities_numpy, decision_threshold, temperature
+from .prediction import MODEL_LOCK, Prediction, make_prediction, tta_views
 
 logger = logging.getLogger(__name__)
 
@@ -165,11 +171,16 @@ def mismatches(metadata: dict[str, str], input_shape: list, num_logits: Any, con
 class OnnxOutput:
     """The graph's outputs as float32 torch tensors (None for those it does not have), named like the torch model's."""
 
-    logits: torch.Tensor
-    ood_score: torch.Tensor | None = None
-    fusion_weights: torch.Tensor | None = None
-    stage_low: torch.Tensor | None = None  # only when asked for (`stages=True`)
-    stage_high: torch.Tensor | None = None
+    logits: Any
+    ood_score: Any = None
+    fusion_weights: Any = None
+    stage_low: Any = None  # only when asked for (`stages=True`)
+    stage_high: Any = None
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on: what onnxruntime sessions use, with or without torch imported."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class OnnxClassifier:
@@ -186,7 +197,7 @@ class OnnxClassifier:
         self.image_size = image_size
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's optimiser notes are not for users
-        options.intra_op_num_threads = threads or torch.get_num_threads()  # the same cores torch would use
+        options.intra_op_num_threads = threads or default_threads()
         # No busy-waiting between runs: idle workers would otherwise spin on the cores that torch needs next (Grad-CAM
         # right after an onnxruntime prediction in the app); measured here, it costs onnxruntime no speed.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -217,22 +228,43 @@ class OnnxClassifier:
         int8 graph's maps are quantised, so a CAM from them would not be the model's."""
         return len(self.stage_names) == len(STAGE_OUTPUTS) and self.metadata.get("precision") == "float32"
 
-    def run(self, pixel_values: torch.Tensor | np.ndarray, stages: bool = False) -> dict[str, np.ndarray]:
-        """The graph's outputs by name; the stage maps too with `stages` (large: leave them out for batches)."""
-        x = pixel_values.detach().cpu().numpy() if isinstance(pixel_values, torch.Tensor) else pixel_values
+    def run(self, pixel_values: Any, stages: bool = False) -> dict[str, np.ndarray]:
+        """The graph's outputs by name (pixel values as an array or a tensor); the stage maps too with `stages`
+        (large: leave them out for batches)."""
+        x = pixel_values.detach().cpu().numpy() if hasattr(pixel_values, "detach") else pixel_values
         names = self.output_names + (self.stage_names if stages else [])
         values = self.session.run(names, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
         return dict(zip(names, values, strict=True))
 
-    def __call__(self, pixel_values: torch.Tensor | np.ndarray, stages: bool = False) -> OnnxOutput:
+    def __call__(self, pixel_values: Any, stages: bool = False) -> OnnxOutput:
+        import torch
+
         return OnnxOutput(**{k: torch.from_numpy(np.asarray(v, np.float32))
                              for k, v in self.run(pixel_values, stages).items()})
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """The config's OOD threshold when the graph outputs an OOD score (the model has a scorer), else None."""
+        value = getattr(self.config, "ood_threshold", None)
+        return float(value) if "ood_score" in self.output_names and value is not None else None
+
+    def predict(self, pixel_values: np.ndarray, tta: bool = False, threshold: float | None = None) -> Prediction:
+        """One image's `Prediction` from its processed (1, C, H, W) pixels, decided by the config's rule: what
+        `modeling.inference.predict` returns for this backend, computed without torch."""
+        threshold = decision_threshold(self.config) if threshold is None else float(threshold)
+        inputs = tta_views(pixel_values) if tta else pixel_values
+        with MODEL_LOCK:
+            outputs = self.run(inputs)
+        probs = calibrated_probabilities_numpy(outputs["logits"], temperature(self.config))
+        score = outputs.get("ood_score")
+        return make_prediction(probs.mean(0), self.config.id2label, threshold, probs if tta else None,
+                               None if score is None else float(np.ravel(score)[0]), self.ood_threshold)
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({self.backend}, {self.path})"
 
 
-def load_backend(source: str | Path, model: torch.nn.Module, processor, backend: str = AUTO) -> OnnxClassifier | None:
+def load_backend(source: str | Path, model: Any, processor, backend: str = AUTO) -> OnnxClassifier | None:
     """The onnxruntime runner for `backend` of a loaded model (None: predict with torch).
 
     `auto`: the fastest the model directory has (int8, then float32 in the directory or the cache); without any, or
@@ -250,12 +282,30 @@ def load_backend(source: str | Path, model: torch.nn.Module, processor, backend:
                                      "directories only)")
     if not onnxruntime_available():
         return _unavailable(backend, "onnxruntime is not installed (pip install onnxruntime)")
-    size, fingerprint = input_size(processor), weights_fingerprint(model_dir)
-    wanted = [b for b in ONNX_FILES if backend in (AUTO, b)]
-    for name in wanted:
+    size = input_size(processor)
+    runner = find_backend(model_dir, model.config, size, backend)
+    if runner is not None:
+        return runner
+    if backend == "onnx":
+        from .onnx_export import export_fp32_to_cache
+
+        path = export_fp32_to_cache(model_dir, model, processor)
+        return OnnxClassifier(path, model.config, size, weights_fingerprint(model_dir), backend="onnx")
+    files = ", ".join(f"{ONNX_DIR}/{ONNX_FILES[b]}" for b in ONNX_FILES if backend in (AUTO, b))
+    return _unavailable(backend, f"{model_dir} has no usable ONNX file ({files}). "
+                                 + HOW_TO_EXPORT.format(dir=model_dir))
+
+
+def find_backend(model_dir: str | Path, config: Any, image_size: int, backend: str = AUTO) -> OnnxClassifier | None:
+    """The existing graph that serves `backend` (`auto`: int8, then float32) for a model directory, or None; needs no
+    torch (`config` may be `modeling.prediction.read_config`'s). A file that does not match the model is an error
+    for an explicit backend, and skipped with a warning for `auto`."""
+    model_dir = Path(model_dir)
+    fingerprint = weights_fingerprint(model_dir)
+    for name in [b for b in ONNX_FILES if backend in (AUTO, b)]:
         for path in onnx_candidates(model_dir, name):
             try:
-                runner = OnnxClassifier(path, model.config, size, fingerprint, backend=name)
+                runner = OnnxClassifier(path, config, image_size, fingerprint, backend=name)
             except OnnxMismatchError as error:
                 if backend != AUTO:
                     raise
@@ -263,30 +313,31 @@ def load_backend(source: str | Path, model: torch.nn.Module, processor, backend:
                 continue
             logger.info("%s: predictions with onnxruntime (%s, %s)", model_dir.name, name, path)
             return runner
-    if backend == "onnx":
-        from .onnx_export import export_fp32_to_cache
-
-        path = export_fp32_to_cache(model_dir, model, processor)
-        return OnnxClassifier(path, model.config, size, fingerprint, backend="onnx")
-    files = ", ".join(f"{ONNX_DIR}/{ONNX_FILES[b]}" for b in wanted)
-    return _unavailable(backend, f"{model_dir} has no usable ONNX file ({files}). "
-                                 + HOW_TO_EXPORT.format(dir=model_dir))
+    return None
 
 
-def grad_cam_backend(source: str | Path, model: torch.nn.Module, processor,
+def grad_cam_backend(source: str | Path, model: Any, processor,
                      runner: OnnxClassifier | None = None) -> OnnxClassifier | None:
     """The graph Grad-CAM can run on (`OnnxClassifier.serves_grad_cam`): `runner` itself when it is one, else the
     model's float32 graph in its directory or the cache; None (Grad-CAM runs the whole torch model) when there is none
     (or `source` is None: the user asked for torch). Never exports: a faster CAM does not justify a minute-long export
     at request time."""
+    if source is None:
+        return runner if runner is not None and runner.serves_grad_cam else None
+    return find_grad_cam_graph(source, model.config, input_size(processor), runner)
+
+
+def find_grad_cam_graph(source: str | Path, config: Any, image_size: int,
+                        runner: OnnxClassifier | None = None) -> OnnxClassifier | None:
+    """`grad_cam_backend` from a model directory's files, without torch (`config` may be `read_config`'s)."""
     if runner is not None and runner.serves_grad_cam:
         return runner
-    if source is None or not Path(source).is_dir() or not onnxruntime_available():
+    if not Path(source).is_dir() or not onnxruntime_available():
         return None
-    size, fingerprint = input_size(processor), weights_fingerprint(source)
+    fingerprint = weights_fingerprint(source)
     for path in onnx_candidates(source, "onnx"):
         try:
-            candidate = OnnxClassifier(path, model.config, size, fingerprint, backend="onnx")
+            candidate = OnnxClassifier(path, config, image_size, fingerprint, backend="onnx")
         except OnnxMismatchError:
             continue
         if candidate.serves_grad_cam:
@@ -320,6 +371,9 @@ __all__ = [
     "backend_name",
     "cache_dir",
     "cached_path",
+    "default_threads",
+    "find_backend",
+    "find_grad_cam_graph",
     "grad_cam_backend",
     "graph_metadata",
     "input_size",

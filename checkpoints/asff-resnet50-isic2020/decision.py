@@ -2,16 +2,19 @@
 `decision_threshold` (on the calibrated p(class 1), chosen on validation); every caller (app, batch CLI, pipeline,
 report) turns logits into probabilities and a class with these functions.
 
-Self-contained (numpy and torch only): it is shipped beside the remote-code pipeline in saved model directories.
+Self-contained (numpy; torch only where a function is given tensors): it is shipped beside the remote-code pipeline
+in saved model directories, and onnxruntime predictions use it without torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_TEMPERATURE = 1.0
@@ -31,10 +34,21 @@ def temperature(config: Any) -> float:
 
 def calibrated_probabilities(logits: torch.Tensor | np.ndarray,
                              temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
-    """softmax(logits / T) in float32, over the last axis (temperature scaling, Guo et al. 2017)."""
+    """softmax(logits / T) in float32, over the last axis (temperature scaling, Guo et al. 2017), as a tensor."""
+    import torch
+
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     return (torch.as_tensor(logits).float() / float(temperature)).softmax(-1)
+
+
+def calibrated_probabilities_numpy(logits: np.ndarray, temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
+    """`calibrated_probabilities` in numpy (float32; equal to within float32 rounding), for onnxruntime outputs."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    scaled = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    exp = np.exp(scaled - scaled.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
 
 
 def decide(probs: torch.Tensor | np.ndarray | Sequence[float], threshold: float = DEFAULT_THRESHOLD) -> int:
@@ -57,6 +71,7 @@ __all__ = [
     "DEFAULT_TEMPERATURE",
     "DEFAULT_THRESHOLD",
     "calibrated_probabilities",
+    "calibrated_probabilities_numpy",
     "decide",
     "decide_batch",
     "decision_threshold",
