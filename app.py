@@ -9,6 +9,11 @@ Only wiring lives here; the logic is in `modeling/inference.py` (prediction, dec
 `modeling/explain.py` (Grad-CAM) and `modeling/plots.py` (figures). The Hugging Face Space (`space/`) ships this file
 as `demo.py` and calls the same `build_demo` and `launch_demo`.
 
+Start-up: with a model directory that has an ONNX graph, the page and predictions are served from the directory's
+files and the graph before torch is imported (the processor's numpy twin gives the same pixels,
+`modeling/image_processing_numpy.py`); the torch side (Grad-CAM, the fusion weights, batches) loads in the background
+once the page is up, and an analysis asked for before it is ready waits for it.
+
 Models: a dropdown lists every model directory under `--models-dir` (default: checkpoints/ beside this file; a
 subfolder with a config.json) and the `--model` one, which is the default. Each is loaded on first use and kept;
 switching re-runs the analysis with the selected model's decision rule, and the threshold sliders reset to its
@@ -31,6 +36,7 @@ import argparse
 import dataclasses
 import functools
 import html
+import importlib.util
 import logging
 import os
 import sys
@@ -49,18 +55,40 @@ os.environ.setdefault("MPLBACKEND", "agg")
 import gradio as gr
 import numpy as np
 
-from modeling.image_utils import ImageLoadError, find_images, load_image
-from modeling.inference import (
-    OOD_WARNING,
-    ModelInfo,
-    Prediction,
-    load_classifier,
-    model_name,
-    predict,
-    predict_batch,
-    write_csv,
+# modeling's modules that need no torch, in dependency order (`import_torch_free_modules`).
+TORCH_FREE_MODULES = ("decision", "image_utils", "model_card", "prediction", "image_processing_numpy", "onnx_runtime")
+
+
+def import_torch_free_modules() -> None:
+    """Imports `TORCH_FREE_MODULES` without running `modeling/__init__.py`, which registers the models with
+    transformers' Auto classes and so imports torch, torchvision and transformers (~5 s here). With them the app serves
+    the page and predictions from a model's files and ONNX graph (`start_without_torch`), and loads torch in the
+    background, for Grad-CAM. They are the package's own modules under their own names: importing `modeling` later
+    finds them in `sys.modules` (and binds them to the package)."""
+    if "modeling" in sys.modules:
+        return
+    package = Path(importlib.util.find_spec("modeling").origin).parent  # finding a top-level spec runs nothing
+    for name in TORCH_FREE_MODULES:
+        spec = importlib.util.spec_from_file_location(f"modeling.{name}", package / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+
+
+import_torch_free_modules()
+
+from modeling.image_processing_numpy import NumpyImageProcessor  # noqa: E402
+from modeling.image_utils import ImageLoadError, find_images, load_image  # noqa: E402
+from modeling.onnx_runtime import (  # noqa: E402
+    AUTO,
+    BACKENDS,
+    OnnxClassifier,
+    backend_name,
+    find_backend,
+    find_grad_cam_graph,
+    onnxruntime_available,
 )
-from modeling.onnx_runtime import AUTO, BACKENDS, OnnxClassifier, backend_name, grad_cam_backend, load_backend
+from modeling.prediction import OOD_WARNING, ModelInfo, Prediction, model_name, read_config, read_model_info  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "checkpoints"
 # The recommended model: better than the reference ASFF-ResNet-50 on validation across both sources (README, "Shipped
@@ -92,7 +120,9 @@ MAX_FILE_SIZE = "20mb"
 MAX_BATCH_FILES = 200
 CONCURRENCY_LIMIT = 2  # CPU: model forwards are serialised anyway (modeling.inference.MODEL_LOCK), this bounds memory
 MAX_EXAMPLES = 8
-WARM_UP_DELAY_S = 3.0  # after the server answers (see warm_up)
+# After the server answers (see warm_up): long enough for an API client's first prediction to run on a quiet CPU,
+# short enough that the torch side (~7 s here) is ready about when a person has picked an image.
+WARM_UP_DELAY_S = 1.0
 DECISION_CSS = """
 p { margin: 0.2em 0; }
 .headline { font-size: 1.4rem; }
@@ -112,11 +142,11 @@ APP_CSS = """
 SCROLL_TO_RESULTS = "() => document.querySelector('#decision')?.scrollIntoView({block: 'start'})"
 logger = logging.getLogger(__name__)
 
-# Start-up: Grad-CAM (pytorch_grad_cam, which imports scikit-learn) and the figures (matplotlib) are ~1.5 s of imports
-# that serving the page and the first prediction do not need, so `modeling.explain` and `modeling.plots` are imported
-# on first use, and warmed up in the background a few seconds after the server answers (`main`: long before a person
-# has picked an image, and after an API client's first prediction). The CAM choices the UI offers are therefore named
-# here; tests/test_app_models.py checks them against modeling.explain's.
+# Start-up: torch, torchvision, transformers and the model's torch side (~5.5 s here), Grad-CAM (pytorch_grad_cam, which
+# imports scikit-learn) and the figures (matplotlib, ~1.5 s) are not needed to serve the page and predictions from an
+# ONNX graph (`start_without_torch`), so they are imported on first use, and loaded in the background just after the
+# server answers (`main`, `warm_up`). The CAM choices the UI offers are therefore named here;
+# tests/test_app_models.py checks them against modeling.explain's.
 CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (7x7)", "stage3": "stage3 (14x14)"}
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
                "gradcam-elementwise")
@@ -129,8 +159,14 @@ def explain(*args, **kwargs):
     return explain_image(*args, **kwargs)
 
 
-def warm_up() -> None:
-    """Imports what the first analysis needs (Grad-CAM, matplotlib) ahead of it."""
+def warm_up(registry: ModelRegistry | None = None) -> None:
+    """Loads what the first analysis needs ahead of it: the default model's torch side (when it was started without
+    torch) and Grad-CAM's and matplotlib's imports."""
+    if registry is not None:
+        try:
+            registry.get(None)
+        except gr.Error:  # logged by the registry; an analysis will show the message
+            pass
     import modeling.explain  # noqa: F401
     import modeling.plots  # noqa: F401
 
@@ -335,17 +371,35 @@ def model_choices(models_dir: str | Path | None, default: str | Path) -> dict[st
 class ServedModel:
     """One loaded model: the torch model (Grad-CAM, fusion weights), its processor and info, the onnxruntime graph
     that serves its predictions (None: torch does) and the one whose backbone serves Grad-CAM (None: the whole torch
-    model does; `served_model` finds it)."""
+    model does; `served_model` finds it).
+
+    Started without torch (`start_without_torch`), `model` and `processor` are None and `fast_processor` (the
+    processor's numpy twin, the same pixels) feeds the graph, until `ModelRegistry.get` loads the rest."""
 
     model: Any
     processor: Any
     info: ModelInfo
     backend: OnnxClassifier | None = None
     cam_backend: OnnxClassifier | None = None
+    fast_processor: NumpyImageProcessor | None = None
 
     @property
     def backend_name(self) -> str:
         return backend_name(self.backend)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the torch model is there (Grad-CAM, fusion weights, batches need it)."""
+        return self.model is not None
+
+    def predict(self, image, tta: bool, threshold: float) -> Prediction:
+        """Probabilities, decision and OOD flag for one image: on the ONNX graph from the numpy pixels before torch is
+        loaded, else as `modeling.inference.predict` (the same graph and pixels once loaded, or torch)."""
+        if not self.loaded:
+            return self.backend.predict(self.fast_processor(image), tta, threshold)
+        from modeling.inference import predict
+
+        return predict(self.model, self.processor, image, tta=tta, threshold=threshold, backend=self.backend)
 
     def fusion_note(self) -> str:
         return {
@@ -384,15 +438,29 @@ class ModelRegistry:
         return sorted(self.sources)
 
     def get(self, name: str | None) -> ServedModel:
-        name = name or self.default_name
-        if name not in self.sources:
-            raise gr.Error(f"Unknown model {name!r}; choose one of {', '.join(self.names)}.", print_exception=False)
+        """The model with its torch side loaded (loading it, or waiting for the load under way)."""
+        name = self._known(name)
         with self._lock:  # one load per model, even when two sessions ask at once
-            if name not in self._loaded:
+            if name not in self._loaded or not self._loaded[name].loaded:
                 self._loaded[name] = self._load(name)
             return self._loaded[name]
 
+    def peek(self, name: str | None) -> ServedModel:
+        """The model as it is now, for what needs no torch (predictions, its info): a model started without torch is
+        not waited for; one never loaded is loaded."""
+        served = self._loaded.get(self._known(name))
+        return served if served is not None else self.get(name)
+
+    def _known(self, name: str | None) -> str:
+        name = name or self.default_name
+        if name not in self.sources:
+            raise gr.Error(f"Unknown model {name!r}; choose one of {', '.join(self.names)}.", print_exception=False)
+        return name
+
     def _load(self, name: str) -> ServedModel:
+        from modeling.inference import load_classifier
+        from modeling.onnx_runtime import load_backend
+
         source = self.sources[name]
         try:
             model, processor, info = load_classifier(source)
@@ -408,8 +476,29 @@ class ModelRegistry:
 def served_model(model, processor, info: ModelInfo, backend: OnnxClassifier | None) -> ServedModel:
     """A `ServedModel`; when onnxruntime serves its predictions, Grad-CAM runs torch above the stage maps of its
     float32 graph if it has one (`grad_cam_backend`). With torch asked for (`backend` None), torch does everything."""
+    from modeling.onnx_runtime import grad_cam_backend
+
     cam_backend = None if backend is None else grad_cam_backend(info.source, model, processor, backend)
     return ServedModel(model, processor, info, backend, cam_backend)
+
+
+def start_without_torch(source: str | Path, backend: str = AUTO) -> ServedModel | None:
+    """A `ServedModel` made from a model directory's files and ONNX graph alone (no torch imported): what serves the
+    page and predictions while the torch side loads in the background. None where that cannot be (a Hub id, `--backend
+    torch`, no usable graph, no onnxruntime, a processor the numpy twin does not reproduce): then everything loads
+    first, as `load_classifier` does. A graph that does not match the model is an error for an explicit backend."""
+    if backend == "torch" or not Path(source).is_dir() or not onnxruntime_available():
+        return None
+    fast = NumpyImageProcessor.from_pretrained(source)
+    if fast is None or not (Path(source) / "config.json").is_file():
+        return None
+    config = read_config(source)
+    runner = find_backend(source, config, fast.image_size, backend)
+    if runner is None:
+        return None
+    info = read_model_info(source, has_ood_score="ood_score" in runner.output_names)
+    cam_backend = find_grad_cam_graph(source, config, fast.image_size, runner)
+    return ServedModel(None, None, dataclasses.replace(info, name=model_name(source)), runner, cam_backend, fast)
 
 
 def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | None = None, *,
@@ -418,7 +507,13 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
     """The Blocks app for a loaded classifier (see `modeling.inference.load_classifier`), its onnxruntime `backend`
     (None: predictions with torch) and, for the model dropdown, other models by name (`model_choices`), loaded on first
     use with `backend_request`. The dropdown is shown when there is more than one model."""
-    registry = ModelRegistry(served_model(model, processor, info, backend), models, backend_request)
+    return build_demo_for(ModelRegistry(served_model(model, processor, info, backend), models, backend_request),
+                          examples)
+
+
+def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = None) -> gr.Blocks:
+    """`build_demo` for a registry whose default model may still be loading its torch side (`start_without_torch`)."""
+    info = registry.peek(None).info
 
     def analysis_outputs(served: ServedModel, prediction: Prediction, result, timing: str, session: dict):
         return (
@@ -448,8 +543,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
                              threshold=threshold, tta=bool(tta), backend=served.cam_backend)
         else:  # another graph predicts (int8; TTA included); the CAM explains its decision
             start = time.perf_counter()
-            prediction = predict(served.model, served.processor, image, tta=bool(tta), threshold=threshold,
-                                 backend=served.backend)
+            prediction = served.predict(image, bool(tta), threshold)
             predicted_ms = (time.perf_counter() - start) * 1000
             label2id = {label: index for index, label in served.info.id2label.items()}
             result = explain(served.model, served.processor, image, target=target, method=method,
@@ -501,7 +595,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
 
     def cleared(model_choice=None):
         """Empty results and session (when the image is removed)."""
-        served = registry.get(model_choice)
+        served = registry.peek(model_choice)
         return (None, "", None, None, "", None, f"Model: {served.fusion_note()}.", "", None)
 
     def cleared_with_image(model_choice=None):
@@ -514,9 +608,8 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
         the spread over 8 views): no Grad-CAM (API only)."""
         if image_path is None:
             raise gr.Error(NO_IMAGE, print_exception=False)
-        served = registry.get(model_choice)
-        prediction = predict(served.model, served.processor, _open(image_path), tta=bool(tta), threshold=threshold,
-                             backend=served.backend)
+        served = registry.peek(model_choice)  # no wait for torch: the prediction needs only the graph
+        prediction = served.predict(_open(image_path), bool(tta), threshold)
         return ((prediction.label, prediction.probabilities), decision_html(prediction),
                 prediction_json(prediction, served.info, backend=served.backend_name))
 
@@ -538,6 +631,8 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             progress((done[0], len(image_paths)), desc="Classifying", unit="images")
 
         names, numbered = unique_names([str(p) for p in image_paths])
+        from modeling.inference import predict_batch, write_csv
+
         rows = predict_batch(served.model, served.processor, image_paths, threshold=threshold, tta=bool(tta),
                              names=names, progress=step, model_id=served.info.name, backend=served.backend)
         csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="asff-batch-")) / "predictions.csv")
@@ -559,7 +654,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
 
     def model_threshold(model_choice):
         """The selected model's decision threshold (the reset buttons)."""
-        return registry.get(model_choice).info.decision_threshold
+        return registry.peek(model_choice).info.decision_threshold
 
     @_user_errors
     def on_model(model_choice, image_path, tta, target, method):
@@ -576,7 +671,7 @@ def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | N
             return (*sliders, *about, *batch, *cleared(model_choice))
         return (*sliders, *about, *batch, *analyse(image_path, threshold_value, tta, target, method, model_choice))
 
-    default = registry.get(None)
+    default = registry.peek(None)
     with gr.Blocks(title="ASFF-ResNet skin-lesion classifier (research demo)", analytics_enabled=False) as demo:
         gr.Markdown(f"# ASFF-ResNet skin-lesion classifier\n{DISCLAIMER}", elem_id="disclaimer")
         session = gr.State(None)
@@ -699,6 +794,8 @@ def load_or_exit(source: str | Path):
     """`load_classifier`, or a clear message and exit status 1 (no traceback) when there is no usable model."""
     if Path(source) == DEFAULT_MODEL and not DEFAULT_MODEL.is_dir():
         sys.exit(f"No model at {DEFAULT_MODEL} (the default checkpoint is not there yet). {HOW_TO_GET_A_MODEL}")
+    from modeling.inference import load_classifier
+
     try:
         return load_classifier(source)
     except Exception as error:  # missing directory, unknown Hub id, offline, incompatible files
@@ -708,6 +805,8 @@ def load_or_exit(source: str | Path):
 def backend_or_exit(source: str | Path, model, processor, backend: str = AUTO) -> OnnxClassifier | None:
     """The onnxruntime graph that serves `source`'s predictions (`load_backend`; None: torch), or a clear message and
     exit status 1 when an explicitly requested backend cannot be had or does not match the model."""
+    from modeling.onnx_runtime import load_backend
+
     try:
         return load_backend(source, model, processor, backend)
     except Exception as error:  # OnnxUnavailableError, OnnxMismatchError, a failed first-use export
@@ -738,13 +837,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     examples = pick_examples(args.examples) if args.examples else None
-    model, processor, info = load_or_exit(args.model)
-    backend = backend_or_exit(args.model, model, processor, args.backend)
-    demo = build_demo(model, processor, info, examples, backend=backend,
-                      models=model_choices(args.models_dir, args.model), backend_request=args.backend)
-    launch_demo(demo, args.host, args.port, args.share,
-                allowed_paths=[str(args.examples.resolve())] if args.examples else None, prevent_thread_lock=True)
-    timer = threading.Timer(WARM_UP_DELAY_S, warm_up)  # the first analysis then finds Grad-CAM imported
+    registry = ModelRegistry(serve_or_exit(args.model, args.backend), model_choices(args.models_dir, args.model),
+                             args.backend)
+    demo = build_demo_for(registry, examples)
+    launch_and_warm_up(demo, registry, args.host, args.port, args.share,
+                       allowed_paths=[str(args.examples.resolve())] if args.examples else None)
+
+
+def serve_or_exit(source: str | Path, backend: str = AUTO) -> ServedModel:
+    """The model to serve: from its files and ONNX graph, torch left for later, where it can be
+    (`start_without_torch`), else loaded whole; a clear message and exit status 1 when there is no usable model or an
+    explicitly requested backend cannot be had."""
+    if Path(source) == DEFAULT_MODEL and not DEFAULT_MODEL.is_dir():
+        load_or_exit(source)  # the message saying how to get a model
+    try:
+        served = start_without_torch(source, backend)
+    except Exception as error:  # an explicit backend whose graph does not match the model
+        sys.exit(f"--backend {backend}: {type(error).__name__}: {error}")
+    if served is None:
+        model, processor, info = load_or_exit(source)
+        served = served_model(model, processor, info, backend_or_exit(source, model, processor, backend))
+    return served
+
+
+def launch_and_warm_up(demo: gr.Blocks, registry: ModelRegistry, *args, **kwargs) -> None:
+    """`launch_demo`, then the torch side (the default model's weights, for Grad-CAM; Grad-CAM's and matplotlib's
+    imports) loads in the background once the page is up: predictions do not wait for it, and an analysis asked for
+    before it is ready waits for it. Blocks while the server runs."""
+    launch_demo(demo, *args, prevent_thread_lock=True, **kwargs)
+    timer = threading.Timer(WARM_UP_DELAY_S, warm_up, kwargs={"registry": registry})
     timer.daemon = True
     timer.start()
     demo.block_thread()

@@ -1,8 +1,9 @@
 """Time from `python app.py` to its first answered request, on this machine.
 
 Starts the app as a fresh process (the same command a user types), polls until the server answers, then sends one
-/predict request with a generated lesion image; prints the seconds from launch to the server answering and to the
-first prediction. Repeats and prints the median. The client is imported before the clock starts, so only the app's
+/predict request with a generated lesion image, then one /explain (the analysis the page runs on an upload: the
+prediction with its Grad-CAM); prints the seconds from launch to the server answering, to the first prediction and to
+the first analysis. Repeats and prints the medians. The client is imported before the clock starts, so only the app's
 own start-up is timed.
 
     python benchmarks/app_startup.py [--repeats 3] [--compare OTHER_APP.py] [-- extra app.py arguments]
@@ -41,8 +42,9 @@ def free_port() -> int:
 
 
 def launch_once(image: Path, app_args: list[str], app: Path = ROOT / "app.py",
-                timeout: float = 300) -> tuple[float, float]:
-    """(seconds to the page answering, seconds to the first /predict answer), from the process start."""
+                timeout: float = 300) -> tuple[float, float, float]:
+    """(seconds to the page answering, to the first /predict answer, to the first /explain answer), from the process
+    start."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
     if app != ROOT / "app.py":
@@ -65,7 +67,9 @@ def launch_once(image: Path, app_args: list[str], app: Path = ROOT / "app.py",
         page = time.perf_counter() - start
         client = Client(url, verbose=False, analytics_enabled=False)
         client.predict(handle_file(image), api_name="/predict")
-        return page, time.perf_counter() - start
+        predicted = time.perf_counter() - start
+        client.predict(handle_file(image), 0.5, False, "fused", "gradcam", api_name="/explain")
+        return page, predicted, time.perf_counter() - start
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -78,7 +82,7 @@ def main() -> None:
     parser.add_argument("app_args", nargs="*", help="extra arguments for app.py (after --)")
     args = parser.parse_args()
     apps = {"app.py": ROOT / "app.py", **({str(args.compare): args.compare.resolve()} if args.compare else {})}
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in apps}
     with tempfile.TemporaryDirectory() as folder:
         image = Path(folder) / "lesion.jpg"
         lesion_image(1, np.random.default_rng(0), 224).save(image)
@@ -87,10 +91,12 @@ def main() -> None:
                 runs[name].append(launch_once(image, args.app_args, path))
     print(f"{os.cpu_count()} CPUs, load average (1 min) now {os.getloadavg()[0]:.1f}")
     for name, times in runs.items():
-        for i, (page, first) in enumerate(times):
-            print(f"{name} run {i + 1}: page answers after {page:5.1f} s, first /predict answered after {first:5.1f} s")
+        for i, (page, first, analysis) in enumerate(times):
+            print(f"{name} run {i + 1}: page answers after {page:5.1f} s, first /predict answered after "
+                  f"{first:5.1f} s, then the first /explain after {analysis:5.1f} s")
         print(f"{name} median: page {statistics.median(r[0] for r in times):.1f} s, "
-              f"first answered request {statistics.median(r[1] for r in times):.1f} s")
+              f"first answered request {statistics.median(r[1] for r in times):.1f} s, "
+              f"first analysis {statistics.median(r[2] for r in times):.1f} s")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,19 @@ if not MODEL_ID:  # checked before the heavy imports, so a misconfigured Space f
     sys.exit("Set the Space variable MODEL_ID to the Hub id of a model saved by train_hf.py "
              "(e.g. your-name/asff-lite0-isic).")
 
-from demo import backend_or_exit, build_demo, launch_demo, load_or_exit  # noqa: E402
+from demo import ModelRegistry, build_demo_for, launch_and_warm_up, serve_or_exit  # noqa: E402
 
-from modeling.inference import local_model_dir  # noqa: E402
+from modeling.prediction import local_model_dir  # noqa: E402
 
 try:
     MODEL_DIR = local_model_dir(MODEL_ID)
 except Exception as error:  # unknown repository, no access, offline
     sys.exit(f"Could not download the model {MODEL_ID}: {type(error).__name__}: {error}")
-model, processor, info = load_or_exit(MODEL_DIR)
-info = dataclasses.replace(info, name=MODEL_ID.rstrip("/").split("/")[-1])  # not the snapshot's hash
-demo = build_demo(model, processor, info, backend=backend_or_exit(MODEL_DIR, model, processor))
+# Served from its files and ONNX graph until torch has loaded in the background, as `python app.py` does.
+served = serve_or_exit(MODEL_DIR)
+served.info = dataclasses.replace(served.info, name=MODEL_ID.rstrip("/").split("/")[-1])  # not the snapshot's hash
+registry = ModelRegistry(served)
+demo = build_demo_for(registry)
 
 if __name__ == "__main__":
-    launch_demo(demo)  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, as Spaces set them
+    launch_and_warm_up(demo, registry)  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, as Spaces set them

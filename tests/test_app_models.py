@@ -17,6 +17,7 @@ from app_fixtures import free_port, save_tiny_model
 from helpers import lesion_image
 
 import app
+import modeling.inference as inference
 from modeling import AsffResNetConfig, AsffResNetForImageClassification
 from modeling.image_processing import build_image_processor
 from modeling.inference import load_classifier, predict
@@ -126,8 +127,8 @@ def test_switching_reanalyses_with_the_selected_model(demo, models_dir, image_pa
 
 def test_each_model_loads_once(demo, image_path, monkeypatch):
     loads = []
-    real = app.load_classifier
-    monkeypatch.setattr(app, "load_classifier", lambda source: loads.append(source) or real(source))
+    real = inference.load_classifier  # what the registry calls (imported on first use: app.py starts without torch)
+    monkeypatch.setattr(inference, "load_classifier", lambda source: loads.append(source) or real(source))
     on_model = handler(demo, "on_model")
     for _ in range(2):
         on_model("lite0-tiny", None, False, "fused", "gradcam")  # no image: results cleared

@@ -457,7 +457,7 @@ def test_the_app_explains_in_one_pass_on_the_float32_graph(exported, sample, mon
 
     model, processor, info = load_classifier(exported)
     fp32 = load_backend(exported, model, processor, "onnx")
-    monkeypatch.setattr(app, "predict", lambda *a, **k: pytest.fail("a second model run"))
+    monkeypatch.setattr(app.ServedModel, "predict", lambda *a, **k: pytest.fail("a second model run"))
     for backend, cam_backend in [(fp32, fp32), (None, None)]:
         demo = app.build_demo(model, processor, info, backend=backend)
         fns = {f.name: f.fn for f in demo.fns.values()}
