@@ -2,6 +2,7 @@
 free ports, the app served in this process or as a command."""
 
 import io
+import shutil
 import socket
 import struct
 import subprocess
@@ -122,6 +123,23 @@ def calibrated_tiny_model(tmp_path_factory) -> Path:
         calibrate_saved_model(save_tiny_model(model_dir), str(folder))
         done.touch()
     return model_dir
+
+
+def exported_tiny_model(tmp_path_factory, name: str) -> Path:
+    """A copy (under `name`, for one test module to change as it likes) of the calibrated tiny channel model with a
+    card and its float32 and int8 ONNX graphs, exported through the CLI on generated images once per test session."""
+    from modeling.export import main as export_cli
+
+    root = tmp_path_factory.getbasetemp() / "exported_tiny_model"
+    model_dir, done = root / "tiny-onnx", root / "done"
+    if not done.is_file():
+        shutil.copytree(calibrated_tiny_model(tmp_path_factory), model_dir, dirs_exist_ok=True)
+        (model_dir / "README.md").write_text("# tiny-onnx\n\nA card.\n")
+        assert export_cli(["--onnx", str(model_dir), "--calibration-images", "16", "--verify-images", "0"]) == 0
+        done.touch()
+    copy = tmp_path_factory.mktemp(name) / "tiny-onnx"
+    shutil.copytree(model_dir, copy)
+    return copy
 
 
 def ood_score(model, processor, image) -> float:

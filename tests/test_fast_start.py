@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_fixtures import calibrated_tiny_model, free_port, wait_for_http
+from app_fixtures import exported_tiny_model, free_port, wait_for_http
 from helpers import ROOT, lesion_image, make_image_folder, offline_env
 from PIL import Image
 from transformers import AutoImageProcessor
@@ -97,14 +97,8 @@ def test_processors_without_a_twin_are_left_to_torch(tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """The calibrated tiny channel model (OOD score, fitted threshold) with its float32 and int8 graphs."""
-    from modeling.export import main as export_cli
-
-    model_dir = tmp_path_factory.mktemp("fast_start") / "tiny-onnx"
-    shutil.copytree(calibrated_tiny_model(tmp_path_factory), model_dir)
-    (model_dir / "README.md").write_text("# tiny-onnx\n\nA card.\n")
-    assert export_cli(["--onnx", str(model_dir), "--calibration-images", "16", "--verify-images", "0"]) == 0
-    return model_dir
+    """The calibrated tiny channel model (OOD score, fitted threshold) with its float32 and int8 graphs and a card."""
+    return exported_tiny_model(tmp_path_factory, "fast_start")
 
 
 @pytest.fixture(scope="module")

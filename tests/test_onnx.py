@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from app_fixtures import calibrated_tiny_model
+from app_fixtures import exported_tiny_model
 from helpers import lesion_image, make_image_folder
 
 from modeling import AsffResNetConfig, AsffResNetForImageClassification
@@ -45,15 +45,8 @@ REFERENCE = ROOT / "checkpoints" / "asff-resnet50-isic2020"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """The calibrated tiny channel model (OOD score, fitted threshold) with its ONNX files, exported on generated
-    images through the CLI."""
-    from modeling.export import main as export_cli
-
-    model_dir = tmp_path_factory.mktemp("onnx_model") / "tiny-onnx"
-    shutil.copytree(calibrated_tiny_model(tmp_path_factory), model_dir)
-    (model_dir / "README.md").write_text("# tiny-onnx\n\nA card.\n")
-    assert export_cli(["--onnx", str(model_dir), "--calibration-images", "16", "--verify-images", "0"]) == 0
-    return model_dir
+    """The calibrated tiny channel model (OOD score, fitted threshold) with its float32 and int8 graphs and a card."""
+    return exported_tiny_model(tmp_path_factory, "onnx_model")
 
 
 @pytest.fixture(scope="module")
