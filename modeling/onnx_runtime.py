@@ -309,11 +309,16 @@ def find_backend(model_dir: str | Path, config: Any, image_size: int, backend: s
             except OnnxMismatchError as error:
                 if backend != AUTO:
                     raise
-                logger.warning("%s; skipped.", error)
+                if str(error) not in _SKIPPED:  # once per process: the app looks before and after loading torch
+                    _SKIPPED.add(str(error))
+                    logger.warning("%s; skipped.", error)
                 continue
             logger.info("%s: predictions with onnxruntime (%s, %s)", model_dir.name, name, path)
             return runner
     return None
+
+
+_SKIPPED: set[str] = set()
 
 
 def grad_cam_backend(source: str | Path, model: Any, processor,

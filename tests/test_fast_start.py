@@ -242,3 +242,22 @@ def test_the_numpy_processor_is_one_self_contained_file(tmp_path, monkeypatch):
     image = Image.fromarray(textured(np.random.default_rng(3), 40, 55))
     assert np.array_equal(module.NumpyImageProcessor.from_pretrained(tmp_path)(image),
                           NumpyImageProcessor.from_pretrained(tmp_path)(image))
+
+
+def test_graphs_of_another_model_are_skipped_with_one_warning_each(exported, tmp_path, caplog):
+    """The app looks for a graph before torch is loaded, then again with the model: each mismatch is logged once."""
+    import logging
+
+    import app
+
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    config = json.loads((other / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "nevus", "1": "melanoma"}, {"nevus": 0, "melanoma": 1}
+    (other / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="modeling.onnx_runtime"):
+        assert app.start_without_torch(other) is None
+        model, processor, _ = load_classifier(other)
+        assert load_backend(other, model, processor) is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "modeling.onnx_runtime" and r.levelno >= 30]
+    assert len(warnings) == 2 and len(set(warnings)) == 2  # the int8 and the float32 graph, once each
