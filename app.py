@@ -106,6 +106,7 @@ DISCLAIMER = (
 NO_IMAGE = "Upload an image first."
 OOD_NOT_AVAILABLE = "Out-of-distribution check not available for this model."
 NO_CARD = "*No model card (README.md) came with this model.*"
+LOADING_MODEL = "Loading the model (PyTorch, for Grad-CAM): the first analysis takes a few seconds more."
 FUSION_HOW_TO_READ = {
     "channel": "How to read the plot: each channel of the fused map takes weight w from stage3 (blue) and 1 - w from "
                "stage4 (orange); channels are sorted by w, on a log scale.",
@@ -445,6 +446,11 @@ class ModelRegistry:
                 self._loaded[name] = self._load(name)
             return self._loaded[name]
 
+    def loaded(self, name: str | None) -> bool:
+        """Whether the model's torch side is there (`get` returns at once)."""
+        served = self._loaded.get(name or self.default_name)
+        return served is not None and served.loaded
+
     def peek(self, name: str | None) -> ServedModel:
         """The model as it is now, for what needs no torch (predictions, its info): a model started without torch is
         not waited for; one never loaded is loaded."""
@@ -515,6 +521,12 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
     """`build_demo` for a registry whose default model may still be loading its torch side (`start_without_torch`)."""
     info = registry.peek(None).info
 
+    def with_torch(model_choice) -> ServedModel:
+        """`registry.get`, with a note on screen when the request has to wait for the model to load."""
+        if not registry.loaded(model_choice):
+            gr.Info(LOADING_MODEL)
+        return registry.get(model_choice)
+
     def analysis_outputs(served: ServedModel, prediction: Prediction, result, timing: str, session: dict):
         return (
             (prediction.label, prediction.probabilities),
@@ -534,7 +546,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         TTA, the spread over 8 views), a Grad-CAM of the decided class and the fusion-weight view."""
         if image_path is None:
             raise gr.Error(NO_IMAGE, print_exception=False)
-        served = registry.get(model_choice)
+        served = with_torch(model_choice)
         image = _open(image_path)
         predicted_ms = None
         if served.backend is None or served.cam_backend is served.backend:
@@ -622,7 +634,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         if len(image_paths) > MAX_BATCH_FILES:
             raise gr.Error(f"At most {MAX_BATCH_FILES} files per batch; got {len(image_paths)}.",
                            print_exception=False)
-        served = registry.get(model_choice)
+        served = with_torch(model_choice)
         columns = table_columns(served.info)
         done = [0]
 

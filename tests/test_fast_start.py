@@ -150,18 +150,20 @@ def test_the_registry_loads_the_torch_side_once_and_predictions_do_not_wait(expo
     registry = app.ModelRegistry(app.start_without_torch(exported), None)
     demo = app.build_demo_for(registry)
     fns = {f.name: f.fn for f in demo.fns.values()}
-    loads = []
+    loads, notes = [], []
     real_load = app.ModelRegistry._load
     monkeypatch.setattr(app.ModelRegistry, "_load", lambda self, name: loads.append(name) or real_load(self, name))
+    monkeypatch.setattr(app.gr, "Info", notes.append)
     _, _, result = fns["run_predict"](str(sample[0]), 0.5, False)
     assert loads == [] and result["backend"] == "onnx-int8"  # predicted from the graph, nothing loaded
     assert not registry.peek(None).loaded
     _, _, analysed, cam, *_ = fns["analyse"](str(sample[0]), 0.5, False, "fused", "gradcam")  # needs torch: loads
     assert loads == ["tiny-onnx"] and registry.peek(None).loaded and cam is not None
+    assert notes == [app.LOADING_MODEL]  # the wait is said on screen
     assert analysed["probabilities"] == result["probabilities"]
     fns["analyse"](str(sample[1]), 0.5, False, "fused", "gradcam")
     app.warm_up(registry)
-    assert loads == ["tiny-onnx"]
+    assert loads == ["tiny-onnx"] and len(notes) == 1  # loaded once, said once
 
 
 def test_importing_the_app_imports_neither_torch_nor_transformers(exported):
