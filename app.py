@@ -7,7 +7,7 @@ batch classification to CSV, and an HTTP API (/predict, /explain, /batch).
 
 Only wiring lives here; the logic is in `modeling/inference.py` (prediction, decision, OOD flag, batches),
 `modeling/explain.py` (Grad-CAM) and `modeling/plots.py` (figures). The Hugging Face Space (`space/`) ships this file
-as `demo.py` and calls the same `build_demo` and `launch_demo`.
+as `demo.py` and calls the same `serve_or_exit`, `build_demo_for` and `launch_and_warm_up`.
 
 Start-up: with a model directory that has an ONNX graph, the page and predictions are served from the directory's
 files and the graph before torch is imported (the processor's numpy twin gives the same pixels,
@@ -61,9 +61,9 @@ TORCH_FREE_MODULES = ("decision", "image_utils", "model_card", "prediction", "im
 
 def import_torch_free_modules() -> None:
     """Imports `TORCH_FREE_MODULES` without running `modeling/__init__.py`, which registers the models with
-    transformers' Auto classes and so imports torch, torchvision and transformers (~5 s here). With them the app serves
-    the page and predictions from a model's files and ONNX graph (`start_without_torch`), and loads torch in the
-    background, for Grad-CAM. They are the package's own modules under their own names: importing `modeling` later
+    transformers' Auto classes and so imports torch, torchvision and transformers (~5.5 s here). With them the app
+    serves the page and predictions from a model's files and ONNX graph (`start_without_torch`), and loads torch in
+    the background, for Grad-CAM. They are the package's own modules under their own names: importing `modeling` later
     finds them in `sys.modules` (and binds them to the package)."""
     if "modeling" in sys.modules:
         return
