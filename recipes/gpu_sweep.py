@@ -52,7 +52,7 @@ BOTH = ("isic2020-part", "isic2019-part")
 class Run:
     name: str
     sources: tuple[str, ...]  # the sources it trains (and selects) on
-    backbone: str = "resnet50"  # or "lite0" (ImageNet weights)
+    backbone: str = "resnet50"  # or "lite0" / "lite1" / "lite2" (ImageNet weights)
     fusion: str = "channel"
     seed: int = 1
     color_constancy: bool = True
@@ -62,6 +62,7 @@ class Run:
     lr: float = 1e-3
     batch: int = 64
     init_from: str | None = None  # another run's best weights (fine-tuning)
+    focus: float = 0.0  # lesion-focus loss coefficient (needs the pack's masks.npz; crop mode)
     ship: bool = False  # return its weights
     lane: int = 0
 
@@ -98,7 +99,27 @@ def plan(smoke: bool, only: str | None = None, lanes: int = 3) -> list[Run]:
         Run("lite0-both-none-s2", BOTH, fusion="none", seed=2, lane=1, **lite),
         Run("lite0-both-spatial-s2", BOTH, fusion="spatial", seed=2, lane=1, **lite),
     ]
-    if smoke:
+    lite2 = {"backbone": "lite2", "epochs": 15, "lr": 5e-4, "augmentation": "standard"}
+    runs += [
+        # EfficientNet-Lite2 from ImageNet on both sources (issue "transfer": the claim with 2 seeds; issue
+        # "generalize": the release candidate, trained with the lesion-focus loss from the start)
+        Run("lite2-both-channel-s1", BOTH, ship=True, lane=0, **lite2),
+        Run("lite2-both-none-s1", BOTH, fusion="none", lane=1, **lite2),
+        Run("lite2-both-channel-focus", BOTH, focus=0.5, ship=True, lane=2, **lite2),
+        Run("lite2-both-channel-s2", BOTH, seed=2, ship=True, lane=0, **lite2),
+        Run("lite2-both-none-s2", BOTH, fusion="none", seed=2, lane=1, **lite2),
+        Run("lite2-both-spatial-s1", BOTH, fusion="spatial", lane=2, **lite2),
+        # a second device command: more seeds, and the lesion-focus coefficient
+        Run("lite2-both-channel-focus-s2", BOTH, focus=0.5, seed=2, ship=True, lane=0, **lite2),
+        Run("lite2-both-channel-s3", BOTH, seed=3, lane=1, **lite2),
+        Run("lite2-both-none-s3", BOTH, fusion="none", seed=3, lane=2, **lite2),
+        Run("lite2-both-channel-focus02", BOTH, focus=0.2, ship=True, lane=0, **lite2),
+        Run("lite2-both-spatial-s2", BOTH, fusion="spatial", seed=2, lane=1, **lite2),
+        Run("lite2-both-none-s4", BOTH, fusion="none", seed=4, lane=2, **lite2),
+    ]
+    if smoke and only:  # the named runs, one epoch each on a few images
+        runs = [Run(**{**asdict(r), "epochs": 1, "batch": 8}) for r in runs]
+    elif smoke:
         keep = {"r50-both-channel", "r50-2020-channel", "r50-2019-finetune-channel", "lite0-both-channel",
                 "lite0-2020-spatial-s1", "lite0-both-channel-squash", "lite0-both-channel-nocc"}
         runs = [Run(**{**asdict(r), "epochs": 1, "batch": 8}) for r in runs if r.name in keep]
@@ -156,7 +177,23 @@ class Pack:
         self.split = np.array([it["split"] for it in items])
         self.source = np.array([it["source"] for it in items])
         self.label = torch.tensor([it["label"] for it in items])
+        self.masks = self._read_masks(folder / "masks.npz", side=self.side)
         self._cache: dict = {}
+
+    def _read_masks(self, path: Path, side: int) -> torch.Tensor | None:
+        """(N, S, S) bool proxy lesion masks of the training images (recipes/pack_device_data.py --lesion_masks),
+        all False for the other images and for those without a mask; None without the file."""
+        if not path.exists():
+            return None
+        stored = np.load(path)
+        by_id = dict(zip(stored["ids"].tolist(), range(len(stored["ids"])), strict=True))
+        bits = stored["bits"]
+        masks = torch.zeros(len(self.ids), side, side, dtype=torch.bool)
+        for index, sample_id in enumerate(self.ids):
+            if sample_id in by_id:
+                masks[index] = torch.from_numpy(np.unpackbits(bits[by_id[sample_id]])[:side * side].reshape(
+                    side, side).astype(bool))
+        return masks
 
     def images(self, color_constancy: bool, resize: str) -> torch.Tensor:
         key = (color_constancy, resize)
@@ -196,9 +233,10 @@ def uniform(n: int, low: float, high: float, device) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, device=device)
 
 
-def augment(x: torch.Tensor, dermoscopy: bool, hairs: torch.Tensor) -> torch.Tensor:
+def augment(x: torch.Tensor, dermoscopy: bool, hairs: torch.Tensor, masks: torch.Tensor | None = None):
     """x: (B, 3, S, S) float in [0, 1] -> augmented, as build_transforms(train=True, strength=1) does per image:
-    random resized crop (scale 0.35-1), flips, rotation +-30 deg, [dermoscope frame, hair], colour jitter, [blur]."""
+    random resized crop (scale 0.35-1), flips, rotation +-30 deg, [dermoscope frame, hair], colour jitter, [blur].
+    With `masks` ((B, S, S) bool lesion masks), returns (x, masks moved by the same geometric transforms)."""
     n, _, side, _ = x.shape
     dev = x.device
     area = uniform(n, 0.35, 1.0, dev)
@@ -214,6 +252,9 @@ def augment(x: torch.Tensor, dermoscopy: bool, hairs: torch.Tensor) -> torch.Ten
                          torch.stack([sin * w * fx, cos * h * fy, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if masks is not None:
+        masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False)[:, 0] > 0.5
     if dermoscopy:
         coords = (torch.arange(side, device=dev, dtype=torch.float32) + 0.5)
         radius = uniform(n, 0.35, 0.72, dev) * side
@@ -262,27 +303,27 @@ def augment(x: torch.Tensor, dermoscopy: bool, hairs: torch.Tensor) -> torch.Ten
                            groups=sub.shape[1])
             x = x.clone()
             x[chosen] = sub.reshape(-1, 3, side, side)
-    return x
+    return x if masks is None else (x, masks)
 
 
 # ---------------------------------------------------------------------------------------------------------- model
 
-def build(run: Run, labels: list[str], side: int, lite_backbone: Path | None):
+def build(run: Run, labels: list[str], side: int, pack_dir: Path):
     id2label = dict(enumerate(labels))
     kwargs = {"fusion_mode": run.fusion, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
-              "image_size": side}
+              "image_size": side, "lesion_focus_loss_coefficient": run.focus}
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if run.backbone == "lite0":
-        defaults = pretrained_backbone_defaults("efficientnet-lite0")
+    if run.backbone.startswith("lite"):
+        defaults = pretrained_backbone_defaults(f"efficientnet-{run.backbone}")
         kwargs["backbone"] = defaults["backbone"]
         mean, std = defaults["image_mean"], defaults["image_std"]
     model = AsffResNetForImageClassification(AsffResNetConfig(**kwargs))
-    if run.backbone == "lite0":
+    if run.backbone.startswith("lite"):
         from safetensors.torch import load_file
 
         # the official ImageNet weights, mapped by modeling.backbones (recipes/pack_device_data.py --lite_backbone)
-        model.asff_resnet.backbone.load_state_dict({k: v.float() for k, v in load_file(str(lite_backbone)).items()},
-                                                   strict=True)
+        weights = load_file(str(pack_dir / f"{run.backbone}_backbone.safetensors"))
+        model.asff_resnet.backbone.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     return model, mean, std
 
 
@@ -367,10 +408,13 @@ def frame_shares(model, images: torch.Tensor, labels: torch.Tensor, mean, std, b
 
 # ------------------------------------------------------------------------------------------------------- training
 
-def train(run: Run, pack: Pack, device, out: Path, deadline: float, lite_backbone: Path | None) -> dict:
+def train(run: Run, pack: Pack, device, out: Path, deadline: float, pack_dir: Path) -> dict:
     torch.manual_seed(run.seed)
     np.random.seed(run.seed)
-    model, mean, std = build(run, pack.labels, pack.side, lite_backbone)
+    model, mean, std = build(run, pack.labels, pack.side, pack_dir)
+    if run.focus and (pack.masks is None or run.resize != "crop"):
+        raise SystemExit(f"{run.name}: the lesion-focus loss needs the pack's masks.npz and the crop resize")
+    masks = pack.masks.to(device) if run.focus else None
     if run.init_from:
         from safetensors.torch import load_file
 
@@ -397,14 +441,25 @@ def train(run: Run, pack: Pack, device, out: Path, deadline: float, lite_backbon
     for epoch in range(run.epochs):
         model.train()
         order = train_rows[torch.randperm(len(train_rows), device=device)]
-        losses = []
+        losses, focus_losses = [], []
         for step in range(steps_per_epoch):
             rows = order[step * run.batch:(step + 1) * run.batch]
-            x = augment(images[rows].float() / 255, run.augmentation == "dermoscopy", hairs)
+            if masks is None:
+                x = augment(images[rows].float() / 255, run.augmentation == "dermoscopy", hairs)
+            else:
+                x, m = augment(images[rows].float() / 255, run.augmentation == "dermoscopy", hairs, masks[rows])
             x = normalise(x, mean, std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(pixel_values=x).logits
+                if masks is None:
+                    logits = model(pixel_values=x).logits
+                else:  # the model's own term (AsffResNetForImageClassification.lesion_focus_loss)
+                    outputs = model.asff_resnet(x, return_dict=True)
+                    logits = model.classifier(outputs.pooler_output)
+                    focus = model.lesion_focus_loss(outputs, labels[rows], m.float())
             loss = F.cross_entropy(logits.float(), labels[rows])
+            if masks is not None:
+                loss = loss + run.focus * focus.float()
+                focus_losses.append(focus.detach().float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -418,6 +473,7 @@ def train(run: Run, pack: Pack, device, out: Path, deadline: float, lite_backbon
                 val[source] = roc_auc(pack.label[rows].numpy(), scores)
         selection = float(np.nan_to_num(np.mean([val[s] for s in run.sources if s in val])))
         history.append({"epoch": epoch + 1, "loss": float(torch.stack(losses).mean()), "val_roc_auc": val,
+                        "focus_loss": float(torch.stack(focus_losses).mean()) if focus_losses else None,
                         "selection": selection, "elapsed_s": round(time.time() - started, 1)})
         print(f"[{run.name}] epoch {epoch + 1}/{run.epochs} loss {history[-1]['loss']:.4f} val {val} "
               f"({history[-1]['elapsed_s']} s)", flush=True)
@@ -457,7 +513,6 @@ def lane_main(args) -> None:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     pack = Pack(Path(args.pack), args.smoke)
-    lite = Path(args.pack) / "lite0_backbone.safetensors"
     for run in [r for r in plan(args.smoke, args.runs, args.lanes) if r.lane == args.lane]:
         estimate = args.epoch_s.get(run.backbone, 5.0) * run.epochs * (2 if len(run.sources) == 2 else 1)
         if time.time() + 0.5 * estimate > deadline:
@@ -466,7 +521,7 @@ def lane_main(args) -> None:
         if run.init_from and not (out / "weights" / f"{run.init_from}.safetensors").exists():
             print(f"[{run.name}] skipped: {run.init_from} did not finish", flush=True)
             continue
-        result = train(run, pack, device, out, deadline, lite)
+        result = train(run, pack, device, out, deadline, Path(args.pack))
         (out / "runs").mkdir(parents=True, exist_ok=True)
         (out / "runs" / f"{run.name}.json").write_text(json.dumps(result))
 
@@ -510,7 +565,8 @@ def main() -> None:
     parser.add_argument("--deadline_at", type=float, default=None)
     args = parser.parse_args()
     # seconds per epoch of one source (about 2,240 images) at 224 px, for skipping runs that cannot finish
-    args.epoch_s = {"resnet50": 1.5, "lite0": 1.0} if torch.cuda.is_available() else {"resnet50": 60, "lite0": 20}
+    args.epoch_s = ({"resnet50": 1.5, "lite0": 1.0, "lite1": 1.8, "lite2": 2.5} if torch.cuda.is_available()
+                    else {"resnet50": 60, "lite0": 20, "lite1": 30, "lite2": 45})
     if args.lane is not None:
         return lane_main(args)
     started = time.time()

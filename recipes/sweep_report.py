@@ -81,6 +81,30 @@ def difference(a: dict, b: dict, set_name: str, metric: str = "roc_auc") -> str:
     return f"{d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
 
+BACKBONES = {"resnet50": "ResNet-50", "lite0": "EfficientNet-Lite0", "lite1": "EfficientNet-Lite1",
+             "lite2": "EfficientNet-Lite2"}
+
+
+def model_name(run: dict) -> str:
+    r = run["run"]
+    focus = r.get("focus", 0.0)  # sessions before the lesion-focus runs did not record it
+    return f"{BACKBONES[r['backbone']]} {r['fusion']}" + (f" + lesion focus {focus:g}" if focus else "")
+
+
+def init(run: dict) -> str:
+    r = run["run"]
+    return r["init_from"] or ("scratch" if r["backbone"] == "resnet50" else "ImageNet")
+
+
+def average_runs(runs: list[dict]) -> dict:
+    """Seeds of one recipe as one model: the mean of their probabilities (as log-probabilities, so that `probs` gives
+    it back), on the same images."""
+    if any(r["ids"] != runs[0]["ids"] for r in runs):
+        raise ValueError("the runs were evaluated on different images")
+    mean = np.mean([probs(r) for r in runs], axis=0)
+    return {**runs[0], "logits": np.log(np.clip(mean, 1e-300, None)).tolist()}
+
+
 def describe(run: dict) -> str:
     r = run["run"]
     epochs = f"{run['best_epoch']}/{r['epochs']}" + (" (stopped by the time limit)" if run["stopped_early"] else "")
@@ -97,8 +121,8 @@ def tables(runs: dict[str, dict]) -> str:
             "Same recipe per backbone; best epoch chosen on the validation split(s) of the training source(s) only. "
             "A source not trained on is unseen (its cells in *italics*). The isic2019-part validation split also "
             "chose the epoch of runs trained on it, so its numbers there are slightly optimistic.", "", head]
-    order = [n for n in runs if "-s2" not in n and not any(x in n for x in ("nocc", "standardaug", "squash",
-                                                                              "finetune", "scratch10"))]
+    order = [n for n in runs if runs[n]["run"]["seed"] == 1 and not any(
+        x in n for x in ("nocc", "standardaug", "squash", "finetune", "scratch10"))]
     order.sort(key=lambda n: (runs[n]["run"]["backbone"], runs[n]["run"]["fusion"], len(runs[n]["run"]["sources"]),
                               runs[n]["run"]["sources"][0]))
     for name in order:
@@ -111,14 +135,19 @@ def tables(runs: dict[str, dict]) -> str:
         if "isic2019-part" not in r["sources"]:
             c2019 = [f"*{c}*" for c in c2019]
         fs = m["frame_share"]
-        out.append(f"| {'ResNet-50' if r['backbone'] == 'resnet50' else 'EfficientNet-Lite0'} {r['fusion']} | "
-                   f"{'scratch' if r['backbone'] == 'resnet50' else 'ImageNet'} | {trained} | {describe(runs[name])} | "
+        out.append(f"| {model_name(runs[name])} | {init(runs[name])} | {trained} | {describe(runs[name])} | "
                    + " | ".join(c2020 + c2019) + f" | {fs['mean']:.3f} [{fs['mean_ci95'][0]:.2f}, "
                    f"{fs['mean_ci95'][1]:.2f}] |")
 
+    comparable = dict(runs)
+    for recipe in ("lite2-both-channel", "lite2-both-none"):  # the seed means, where all three seeds ran
+        seeds = [f"{recipe}-s{seed}" for seed in (1, 2, 3)]
+        if all(name in runs for name in seeds):
+            comparable[f"{recipe}-mean3"] = average_runs([runs[name] for name in seeds])
+
     def pairs(title: str, note: str, comparisons: list[tuple[str, str, str]], sets=("isic2020-part test",
                                                                                       "isic2019-part validation")):
-        present = [(label, a, b) for label, a, b in comparisons if a in runs and b in runs]
+        present = [(label, a, b) for label, a, b in comparisons if a in comparable and b in comparable]
         if not present:
             return
         out.extend(["", f"## {title}", "", note, "",
@@ -126,8 +155,9 @@ def tables(runs: dict[str, dict]) -> str:
                     + " | ".join(f"Δ acc., {s}" for s in sets) + " |",
                     "|---|" + "---|" * (2 * len(sets))])
         for label, a, b in present:
-            out.append(f"| {label} | " + " | ".join(difference(runs[a], runs[b], s) for s in sets) + " | "
-                       + " | ".join(difference(runs[a], runs[b], s, "accuracy") for s in sets) + " |")
+            out.append(f"| {label} | " + " | ".join(difference(comparable[a], comparable[b], s) for s in sets)
+                       + " | " + " | ".join(difference(comparable[a], comparable[b], s, "accuracy") for s in sets)
+                       + " |")
 
     pairs("The fusion claim, paired", "A minus B on the same images (paired bootstrap over images, 2,000 "
           "resamples); an interval that holds 0 is no evidence either way.", [
@@ -138,6 +168,11 @@ def tables(runs: dict[str, dict]) -> str:
               ("Lite0 (ImageNet), both: channel − none, seed 1", "lite0-both-channel", "lite0-both-none"),
               ("Lite0 (ImageNet), both: channel − none, seed 2", "lite0-both-channel-s2", "lite0-both-none-s2"),
               ("Lite0 (ImageNet), both: spatial − none, seed 1", "lite0-both-spatial", "lite0-both-none"),
+              *[(f"Lite2 (ImageNet), both: channel − none, seed {seed}", f"lite2-both-channel-s{seed}",
+                 f"lite2-both-none-s{seed}") for seed in (1, 2, 3)],
+              ("Lite2 (ImageNet), both: channel − none, mean of seeds 1–3 (probabilities averaged)",
+               "lite2-both-channel-mean3", "lite2-both-none-mean3"),
+              ("Lite2 (ImageNet), both: spatial − none, seed 1", "lite2-both-spatial-s1", "lite2-both-none-s1"),
               ("ResNet-50 (scratch), ISIC-2020: channel − none", "r50-2020-channel", "r50-2020-none"),
               ("ResNet-50 (scratch), ISIC-2019: channel − none", "r50-2019-channel", "r50-2019-none"),
               ("ResNet-50 (scratch), both: channel − none", "r50-both-channel", "r50-both-none"),
@@ -151,6 +186,13 @@ def tables(runs: dict[str, dict]) -> str:
               ("squash (whole image) − base (crop)", "lite0-both-channel-squash", "lite0-both-channel"),
               ("base seed 2 − base seed 1", "lite0-both-channel-s2", "lite0-both-channel"),
           ])
+    pairs("The lesion-focus loss from the start (EfficientNet-Lite2, ImageNet, both sources, channel fusion)",
+          "The same recipe with the lesion-focus term (coefficient 0.5: the share of the true class's Grad-CAM "
+          "evidence outside the proxy lesion mask) added to the loss from the first step, minus the run without it "
+          "of the same seed.", [
+              ("lesion focus 0.5 − none, seed 1", "lite2-both-channel-focus", "lite2-both-channel-s1"),
+              ("lesion focus 0.5 − none, seed 2", "lite2-both-channel-focus-s2", "lite2-both-channel-s2"),
+          ])
     pairs("Fine-tuning onto a new source (ResNet-50, isic2019-part)",
           "Fine-tuning = the ISIC-2020 model of the table above (r50-2020-channel) trained 10 more epochs on "
           "isic2019-part at lr 3e-4; scratch = the same 10 epochs from random weights at lr 1e-3; scratch 25 = the "
@@ -163,8 +205,8 @@ def tables(runs: dict[str, dict]) -> str:
             "isic2019-part val. ROC AUC | frame share |", "|---|" + "---|" * 13]
     for name, run in runs.items():
         r, m = run["run"], metrics[name]
-        out.append(f"| {name} | {TRAINED_ON[tuple(r['sources'])]} | "
-                   f"{r['init_from'] or ('ImageNet' if r['backbone'] == 'lite0' else 'scratch')} | {r['fusion']} | "
+        fusion = r["fusion"] + (f" + focus {r['focus']:g}" if r.get("focus") else "")
+        out.append(f"| {name} | {TRAINED_ON[tuple(r['sources'])]} | {init(run)} | {fusion} | "
                    f"{'yes' if r['color_constancy'] else 'no'} | {r['augmentation']} | {r['resize']} | "
                    f"{describe(run)} | {r['lr']:g} | {run['train_s']:.0f} | "
                    f"{cell(m, 'isic2020-part validation')} | {cell(m, 'isic2020-part test')} | "

@@ -53,7 +53,7 @@ def unpack(folder: Path, name: str, out: Path, run: dict | None) -> Path:
     settings = (run or {}).get("run", {})
     normalisation = {}
     if settings.get("backbone", "").startswith("lite"):
-        defaults = pretrained_backbone_defaults("efficientnet-lite0")
+        defaults = pretrained_backbone_defaults(f"efficientnet-{settings['backbone']}")
         normalisation = {"image_mean": defaults["image_mean"], "image_std": defaults["image_std"]}
     processor = build_image_processor(config.image_size, color_constancy=settings.get("color_constancy", False),
                                       resize_mode=settings.get("resize", "crop"), **normalisation)
@@ -72,11 +72,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--out", type=Path, default=Path("runs/device-models"))
-    parser.add_argument("--sweep", type=Path, default=None, help="the sweep's results (.json.gz) for the recipes")
+    parser.add_argument("--sweep", type=Path, default=None,
+                        help="the sweep results (.json.gz) for the recipes (default: FOLDER/sweep_results.json.gz)")
     args = parser.parse_args()
     runs = {}
-    if args.sweep:
-        runs = json.loads(zlib.decompress(args.sweep.read_bytes()))["runs"]
+    sweep = args.sweep or (args.folder / "sweep_results.json.gz")  # the sweep writes it next to the parts
+    if sweep.exists():
+        runs = json.loads(zlib.decompress(sweep.read_bytes()))["runs"]
+    elif args.sweep is None:
+        raise SystemExit(f"no {sweep}: pass --sweep (the recipes decide each model's image processor)")
     names = sorted({p.name.rsplit(".part", 1)[0] for p in args.folder.glob("*.part*")})
     for name in names:
         print(unpack(args.folder, name, args.out, runs.get(name)))

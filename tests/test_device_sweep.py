@@ -139,3 +139,84 @@ def test_skip_training_needs_a_model(image_folder, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         train_hf.run(["--dataset", str(image_folder), "--skip_training", "true", "--output_dir", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_augment_moves_lesion_masks_with_the_image():
+    """The lesion-focus runs' masks go through the same crop/flip/rotation as their images (nearest, so they stay
+    binary): a white square's mask still covers the square's pixels after augmentation."""
+    torch.manual_seed(0)
+    images = torch.zeros(8, 3, 64, 64)
+    images[:, :, 16:40, 20:48] = 1.0
+    masks = images[:, 0] > 0.5
+    hairs = gpu_sweep.hair_bank(4, 64, torch.Generator().manual_seed(0))
+    out, moved = gpu_sweep.augment(images, False, hairs, masks)
+    assert moved.dtype == torch.bool and moved.shape == masks.shape
+    assert not torch.equal(moved, masks)  # the geometry changed
+    agreement = ((out[:, 0] > 0.5) == moved).float().mean()
+    assert agreement > 0.97  # only the bilinear/nearest boundary may differ
+
+
+def test_packed_lesion_masks_are_the_projects_masks(tmp_path):
+    """pack_device_data.py --lesion_masks stores lesion_focus.lesion_mask of each training image as the sweep trains
+    on it (colour constancy, centre crop); gpu_sweep.Pack reads them back per image, all False elsewhere."""
+    import io
+
+    import pack_device_data
+    from PIL import Image
+
+    from modeling.lesion_focus import lesion_mask
+
+    side = pack_device_data.SIDE
+    yy, xx = np.mgrid[:side, :side + 32]
+    skin = np.stack([np.full(yy.shape, 200), np.full(yy.shape, 160), np.full(yy.shape, 140)], -1)
+    lesion = (yy - side / 2) ** 2 + (xx - (side + 32) / 2) ** 2 < (side / 5) ** 2
+    image = np.where(lesion[..., None], skin * 0.35, skin).astype(np.uint8)
+    items, blob = [], b""
+    for index, split in enumerate(["train", "validation"]):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "WEBP", quality=95)
+        data = buffer.getvalue()
+        items.append({"id": f"s/{split}/{index}.jpg", "split": split, "source": "s", "label": index,
+                      "offset": len(blob), "length": len(data), "size": [side + 32, side]})
+        blob += data
+    (tmp_path / "images.bin").write_bytes(blob)
+    (tmp_path / "index.json").write_text(json.dumps({"labels": ["benign", "malignant"], "side": side,
+                                                     "images": items}))
+    pack_device_data.write_lesion_masks(tmp_path, workers=1)
+    pack = gpu_sweep.Pack(tmp_path, smoke=False)
+    assert pack.masks.shape == (2, side, side) and not pack.masks[1].any()  # validation: no mask
+    square = pack.images(True, "crop")[0].permute(1, 2, 0).numpy()
+    expected = lesion_mask(square)
+    assert expected is not None and 0.05 < expected.mean() < 0.3
+    np.testing.assert_array_equal(pack.masks[0].numpy(), expected)
+
+
+def test_unpack_uses_the_runs_backbone_normalisation(tmp_path):
+    from modeling.backbones import pretrained_backbone_defaults
+
+    model = AsffResNetForImageClassification(tiny_config("channel"))
+    model.save_pretrained(tmp_path / "models" / "lite2-run")
+    gpu_sweep.pack_weights(tmp_path / "models", tmp_path / "out")
+    run = {"run": {"backbone": "lite2", "fusion": "channel", "color_constancy": True, "resize": "crop", "batch": 64,
+                   "epochs": 3, "lr": 5e-4, "seed": 1, "focus": 0.5}, "best_epoch": 2, "history": [{}] * 3,
+           "train_images": 10, "train_s": 1.0, "device": "test"}
+    target = unpack_device_models.unpack(tmp_path / "out", "lite2-run", tmp_path / "unpacked", run)
+    processor = json.loads((target / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == pretrained_backbone_defaults("efficientnet-lite2")["image_mean"]
+
+
+def test_unpack_refuses_to_guess_without_the_sweeps_recipes(tmp_path, monkeypatch):
+    (tmp_path / "m.part0").write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["unpack_device_models.py", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="sweep_results"):
+        unpack_device_models.main()
+
+
+def test_seed_means_average_probabilities_on_the_same_images():
+    import sweep_report
+
+    a = {"ids": ["x", "y"], "logits": np.log([[0.9, 0.1], [0.2, 0.8]]).tolist(), "run": {}}
+    b = {"ids": ["x", "y"], "logits": np.log([[0.5, 0.5], [0.4, 0.6]]).tolist(), "run": {}}
+    np.testing.assert_allclose(sweep_report.probs(sweep_report.average_runs([a, b])), [[0.7, 0.3], [0.3, 0.7]])
+    with pytest.raises(ValueError, match="different images"):
+        sweep_report.average_runs([a, {**b, "ids": ["y", "x"]}])
