@@ -15,7 +15,19 @@ the CPU, on the original images, with the project's tools (modeling.calibration,
 
 Each run writes its validation/test logits, per-epoch validation ROC AUC per source, fusion-weight statistics and
 the Grad-CAM frame share (share of CAM mass in the outer 1/8 frame, target = true class) to OUT. Selection (best
-epoch) uses only the validation splits of the sources a run trains on: the other source stays unseen."""
+epoch) uses only the validation splits of the sources a run trains on: the other source stays unseen.
+
+What a device session needs (measured on the H200 sessions):
+- The device's transformers is older (5.17: no `SubConfigSpec`): always install the carried wheel first,
+  `pip install --no-deps --target /tmp/site .devpack/transformers-*.whl` and `PYTHONPATH=/tmp/site`.
+- The copied working tree plus the carried pack must stay under 64 MiB: the committed checkpoints alone are
+  ~150 MB, so take `checkpoints/` and `results/` out of the index for the call (`git rm -r --cached -q checkpoints
+  results`, both listed in `.git/info/exclude`) and restore it afterwards (`git reset -q`).
+- Each lane's first epoch costs ~45 s more (cuDNN autotuning, the image cache); a 15-epoch Lite2 run on both sources
+  takes ~65 s alone and ~160 s with three lanes sharing the GPU.
+- The pack's WebP re-encodes are not the originals, and the networks learn the difference: every model trained
+  here scores lower on the original images (RESULTS.md). Ship a sweep model only after training on the originals
+  (`train_hf.py --model_name_or_path` the unpacked model), or pack without a codec change."""
 
 from __future__ import annotations
 
