@@ -61,20 +61,15 @@ def save_lite_backbone(path: Path, variant: str = "lite0") -> None:
 
 
 def _mask_of(blob: bytes) -> np.ndarray:
-    """The proxy lesion mask of one packed image as the sweep trains on it: decoded, Shades-of-Gray (p = 6), centre
-    crop to the square (recipes/gpu_sweep.py `Pack.images(True, "crop")`), then `lesion_focus.lesion_mask`; all
-    False when it finds none (the loss skips such images)."""
-    import torch
+    """The proxy lesion mask of one packed image as the sweep trains on it (gpu_sweep's decode, Shades-of-Gray with
+    p = 6, centre crop to the square: `Pack.images(True, "crop")`), by `lesion_focus.lesion_mask`; all False when it
+    finds none (the loss skips such images)."""
+    from gpu_sweep import decode, to_square
 
     from modeling.image_processing_asff_resnet import shades_of_gray
     from modeling.lesion_focus import lesion_mask
 
-    with Image.open(io.BytesIO(blob)) as image:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-    pixels = shades_of_gray(pixels, 6.0)
-    height, width = pixels.shape[-2:]
-    top, left = (height - SIDE) // 2, (width - SIDE) // 2
-    square = pixels[:, top:top + SIDE, left:left + SIDE].permute(1, 2, 0).numpy()
+    square = to_square(shades_of_gray(decode(blob), 6.0), SIDE, "crop").permute(1, 2, 0).numpy()
     mask = lesion_mask(square)
     return np.zeros((SIDE, SIDE), bool) if mask is None else mask
 
@@ -111,8 +106,9 @@ def main() -> None:
     parser.add_argument("--keep_images", action="store_true",
                         help="keep the images.bin/index.json of an earlier run (only add backbones/masks)")
     args = parser.parse_args()
-    for variant in args.lite_backbone if args.lite_backbone else (["lite0"] if args.lite_backbone == [] else []):
-        save_lite_backbone(Path(args.out) / f"{variant}_backbone.safetensors", variant)
+    if args.lite_backbone is not None:
+        for variant in args.lite_backbone or ["lite0"]:
+            save_lite_backbone(Path(args.out) / f"{variant}_backbone.safetensors", variant)
     if args.keep_images:
         if args.lesion_masks:
             write_lesion_masks(Path(args.out))

@@ -75,12 +75,10 @@ def main() -> None:
     parser.add_argument("--sweep", type=Path, default=None,
                         help="the sweep results (.json.gz) for the recipes (default: FOLDER/sweep_results.json.gz)")
     args = parser.parse_args()
-    runs = {}
     sweep = args.sweep or (args.folder / "sweep_results.json.gz")  # the sweep writes it next to the parts
-    if sweep.exists():
-        runs = json.loads(zlib.decompress(sweep.read_bytes()))["runs"]
-    elif args.sweep is None:
+    if not sweep.exists():
         raise SystemExit(f"no {sweep}: pass --sweep (the recipes decide each model's image processor)")
+    runs = json.loads(zlib.decompress(sweep.read_bytes()))["runs"]
     names = sorted({p.name.rsplit(".part", 1)[0] for p in args.folder.glob("*.part*")})
     for name in names:
         print(unpack(args.folder, name, args.out, runs.get(name)))
