@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from modeling import AsffResNetConfig, AsffResNetForImageClassification  # noqa: E402
 from modeling.backbones import pretrained_backbone_defaults  # noqa: E402
-from modeling.image_processing_asff_resnet import shades_of_gray  # noqa: E402
+from modeling.image_processing_asff_resnet import fit_to_square, shades_of_gray  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 BOTH = ("isic2020-part", "isic2019-part")
@@ -75,6 +75,8 @@ class Run:
     batch: int = 64
     init_from: str | None = None  # another run's best weights (fine-tuning)
     focus: float = 0.0  # lesion-focus loss coefficient (needs the pack's masks.npz; crop mode)
+    side: int = 224  # the model's square input (the pack's images are brought to it as the processor would)
+    ema: float = 0.0  # > 0: select and ship an exponential moving average of the weights (decay per step)
     ship: bool = False  # return its weights
     lane: int = 0
 
@@ -129,6 +131,16 @@ def plan(smoke: bool, only: str | None = None, lanes: int = 3) -> list[Run]:
         Run("lite2-both-spatial-s2", BOTH, fusion="spatial", seed=2, lane=1, **lite2),
         Run("lite2-both-none-s4", BOTH, fusion="none", seed=4, lane=2, **lite2),
     ]
+    focus = {**lite2, "focus": 0.5}
+    runs += [
+        # a third Lite2 session, on a pack that keeps the sources' JPEG codec and the ISIC 2019 images at 288 px:
+        # the codec (224, as lite2-both-channel-focus), the input size, a second seed, a moving average of weights
+        Run("lite2-both-channel-focus-jpeg", BOTH, ship=True, lane=0, **focus),
+        Run("lite2-both-channel-focus-288", BOTH, side=288, ship=True, lane=1, **focus),
+        Run("lite2-both-channel-focus-288-s2", BOTH, side=288, seed=2, ship=True, lane=2, **focus),
+        Run("lite2-both-channel-focus-288-ema", BOTH, side=288, ema=0.995, ship=True, lane=3, **focus),
+        Run("lite2-both-channel-focus-288-s3", BOTH, side=288, seed=3, ship=True, lane=0, **focus),
+    ]
     if smoke and only:  # the named runs, one epoch each on a few images
         runs = [Run(**{**asdict(r), "epochs": 1, "batch": 8}) for r in runs]
     elif smoke:
@@ -153,22 +165,25 @@ def decode(blob: bytes) -> torch.Tensor:
 
 
 def to_square(image: torch.Tensor, side: int, mode: str) -> torch.Tensor:
-    """The processor's resize on an image whose shortest edge is already `side`: centre crop, or the whole image
-    squashed (bicubic, antialiased)."""
-    height, width = image.shape[-2:]
-    if (height, width) == (side, side):
-        return image
-    if mode == "crop":
-        top, left = (height - side) // 2, (width - side) // 2
-        return image[:, top:top + side, left:left + side]
-    out = F.interpolate(image[None].float(), size=(side, side), mode="bicubic", antialias=True, align_corners=False)
-    return out[0].round().clamp(0, 255).to(torch.uint8)
+    """The image processor's own resize (shortest edge + centre crop, or squash; bicubic, antialiased)."""
+    return image if tuple(image.shape[-2:]) == (side, side) else fit_to_square(image, side, mode)
+
+
+def read_images(folder: Path, parts: list[Path] | tuple = ()) -> bytes:
+    """The packed image bytes: `images.bin`, or its pieces `images.bin.K` spread over the pack and `parts` (a pack
+    larger than one device call carries; recipes/pack_device_data.py --spill), joined in order of K."""
+    if (folder / "images.bin").exists():
+        return (folder / "images.bin").read_bytes()
+    pieces = {int(p.suffix[1:]): p for d in (folder, *parts) for p in Path(d).glob("images.bin.*")}
+    if not pieces or sorted(pieces) != list(range(len(pieces))):
+        raise SystemExit(f"incomplete pack: pieces {sorted(pieces)} of images.bin in {[str(folder), *map(str, parts)]}")
+    return b"".join(pieces[k].read_bytes() for k in sorted(pieces))
 
 
 class Pack:
     """The packed images, decoded once; square uint8 tensors per (colour constancy, resize mode) on demand."""
 
-    def __init__(self, folder: Path, smoke: bool):
+    def __init__(self, folder: Path, smoke: bool, parts: list[Path] | tuple = ()):
         meta = json.loads((folder / "index.json").read_text())
         self.labels, self.side = meta["labels"], meta["side"]
         items = meta["images"]
@@ -182,22 +197,23 @@ class Pack:
                     kept.append(item)
             items = kept
         self.items = items
-        blob = (folder / "images.bin").read_bytes()
+        blob = read_images(folder, parts)
         with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
             self.raw = list(pool.map(lambda it: decode(blob[it["offset"]:it["offset"] + it["length"]]), items))
         self.ids = [it["id"] for it in items]
         self.split = np.array([it["split"] for it in items])
         self.source = np.array([it["source"] for it in items])
         self.label = torch.tensor([it["label"] for it in items])
-        self.masks = self._read_masks(folder / "masks.npz", side=self.side)
+        self.masks = self._read_masks(folder / "masks.npz")
         self._cache: dict = {}
 
-    def _read_masks(self, path: Path, side: int) -> torch.Tensor | None:
-        """(N, S, S) bool proxy lesion masks of the training images (recipes/pack_device_data.py --lesion_masks),
-        all False for the other images and for those without a mask; None without the file."""
+    def _read_masks(self, path: Path) -> torch.Tensor | None:
+        """(N, S, S) bool proxy lesion masks of the training images (recipes/pack_device_data.py --lesion_masks) at
+        the mask side S, all False for the other images and for those without a mask; None without the file."""
         if not path.exists():
             return None
         stored = np.load(path)
+        side = int(stored["side"]) if "side" in stored else self.side
         by_id = dict(zip(stored["ids"].tolist(), range(len(stored["ids"])), strict=True))
         bits = stored["bits"]
         masks = torch.zeros(len(self.ids), side, side, dtype=torch.bool)
@@ -207,12 +223,19 @@ class Pack:
                     side, side).astype(bool))
         return masks
 
-    def images(self, color_constancy: bool, resize: str) -> torch.Tensor:
-        key = (color_constancy, resize)
+    def masks_at(self, side: int) -> torch.Tensor | None:
+        """The masks on a `side` square: the centre crop covers the same field at every side (nearest)."""
+        if self.masks is None or self.masks.shape[-1] == side:
+            return self.masks
+        return F.interpolate(self.masks[:, None].float(), size=(side, side), mode="nearest")[:, 0] > 0.5
+
+    def images(self, color_constancy: bool, resize: str, side: int | None = None) -> torch.Tensor:
+        side = side or self.side
+        key = (color_constancy, resize, side)
         if key not in self._cache:
             def prepare(image):
                 image = shades_of_gray(image, 6.0) if color_constancy else image  # first, as in the processor
-                return to_square(image, self.side, resize)
+                return to_square(image, side, resize)
             with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
                 self._cache[key] = torch.stack(list(pool.map(prepare, self.raw)))
         return self._cache[key]
@@ -320,10 +343,10 @@ def augment(x: torch.Tensor, dermoscopy: bool, hairs: torch.Tensor, masks: torch
 
 # ---------------------------------------------------------------------------------------------------------- model
 
-def build(run: Run, labels: list[str], side: int, pack_dir: Path):
+def build(run: Run, labels: list[str], pack_dir: Path):
     id2label = dict(enumerate(labels))
     kwargs = {"fusion_mode": run.fusion, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
-              "image_size": side, "lesion_focus_loss_coefficient": run.focus}
+              "image_size": run.side, "lesion_focus_loss_coefficient": run.focus}
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if run.backbone.startswith("lite"):
         defaults = pretrained_backbone_defaults(f"efficientnet-{run.backbone}")
@@ -423,21 +446,26 @@ def frame_shares(model, images: torch.Tensor, labels: torch.Tensor, mean, std, b
 def train(run: Run, pack: Pack, device, out: Path, deadline: float, pack_dir: Path) -> dict:
     torch.manual_seed(run.seed)
     np.random.seed(run.seed)
-    model, mean, std = build(run, pack.labels, pack.side, pack_dir)
+    model, mean, std = build(run, pack.labels, pack_dir)
     if run.focus and (pack.masks is None or run.resize != "crop"):
         raise SystemExit(f"{run.name}: the lesion-focus loss needs the pack's masks.npz and the crop resize")
-    masks = pack.masks.to(device) if run.focus else None
+    masks = pack.masks_at(run.side).to(device) if run.focus else None
     if run.init_from:
         from safetensors.torch import load_file
 
         state = load_file(str(out / "weights" / f"{run.init_from}.safetensors"))
         model.load_state_dict(state, strict=True)
     model = model.to(device).to(memory_format=torch.channels_last)
-    images = pack.images(run.color_constancy, run.resize).to(device)
+    # the weights that are evaluated, selected and shipped: the model's own, or their moving average
+    averaged = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(run.ema), use_buffers=True)
+        if run.ema else None)
+    evaluated_model = averaged.module if averaged is not None else model
+    images = pack.images(run.color_constancy, run.resize, run.side).to(device)
     labels = pack.label.to(device)
     train_rows = torch.from_numpy(pack.rows("train", run.sources)).to(device)
     val_by_source = {s: pack.rows("validation", [s]) for s in BOTH}
-    hairs = hair_bank(256, pack.side, torch.Generator().manual_seed(run.seed)).to(device)
+    hairs = hair_bank(256, run.side, torch.Generator().manual_seed(run.seed)).to(device)
     steps_per_epoch = max(1, len(train_rows) // run.batch)
     total = steps_per_epoch * run.epochs
     warmup = max(1, int(0.1 * total))
@@ -476,11 +504,13 @@ def train(run: Run, pack: Pack, device, out: Path, deadline: float, pack_dir: Pa
             loss.backward()
             optimizer.step()
             schedule.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(loss.detach())
         val = {}
         for source, rows in val_by_source.items():
             if len(rows):
-                logits, _ = predict(model, images[torch.from_numpy(rows).to(device)], mean, std)
+                logits, _ = predict(evaluated_model, images[torch.from_numpy(rows).to(device)], mean, std)
                 scores = torch.softmax(torch.from_numpy(logits), 1)[:, 1].numpy()
                 val[source] = roc_auc(pack.label[rows].numpy(), scores)
         selection = float(np.nan_to_num(np.mean([val[s] for s in run.sources if s in val])))
@@ -491,7 +521,7 @@ def train(run: Run, pack: Pack, device, out: Path, deadline: float, pack_dir: Pa
               f"({history[-1]['elapsed_s']} s)", flush=True)
         if best_state is None or selection > best:
             best = selection
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in evaluated_model.state_dict().items()}
             best_epoch = epoch + 1
         if time.time() > deadline and epoch + 1 < run.epochs:
             stopped_early = True
@@ -500,8 +530,11 @@ def train(run: Run, pack: Pack, device, out: Path, deadline: float, pack_dir: Pa
     model.load_state_dict(best_state)
     evaluated = np.concatenate([pack.rows("validation", BOTH), pack.rows("test", BOTH)])
     logits, weights = predict(model, images[torch.from_numpy(evaluated).to(device)], mean, std)
-    shares = frame_shares(model, images[torch.from_numpy(pack.rows("test", BOTH)).to(device)],
-                          pack.label[pack.rows("test", BOTH)], mean, std)
+    # a pack without the test split (one that must stay small: the test images are scored on the CPU) gives the
+    # validation images' frame share
+    cam_split = "test" if len(pack.rows("test", BOTH)) else "validation"
+    cam_rows = pack.rows(cam_split, BOTH)
+    shares = frame_shares(model, images[torch.from_numpy(cam_rows).to(device)], pack.label[cam_rows], mean, std)
     (out / "weights").mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
@@ -514,7 +547,7 @@ def train(run: Run, pack: Pack, device, out: Path, deadline: float, pack_dir: Pa
             "train_images": int(len(train_rows)), "ids": [pack.ids[i] for i in evaluated],
             "splits": pack.split[evaluated].tolist(), "sources": pack.source[evaluated].tolist(),
             "labels": pack.label[evaluated].tolist(), "logits": np.round(logits, 5).tolist(),
-            "fusion": fusion_summary(weights, run.fusion), "frame_share_test": [round(s, 5) for s in shares],
+            "fusion": fusion_summary(weights, run.fusion), f"frame_share_{cam_split}": [round(s, 5) for s in shares],
             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
 
 
@@ -524,9 +557,10 @@ def lane_main(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    pack = Pack(Path(args.pack), args.smoke)
+    pack = Pack(Path(args.pack), args.smoke, args.pack_parts)
     for run in [r for r in plan(args.smoke, args.runs, args.lanes) if r.lane == args.lane]:
-        estimate = args.epoch_s.get(run.backbone, 5.0) * run.epochs * (2 if len(run.sources) == 2 else 1)
+        estimate = (args.epoch_s.get(run.backbone, 5.0) * run.epochs * (2 if len(run.sources) == 2 else 1)
+                    * (run.side / 224) ** 2)
         if time.time() + 0.5 * estimate > deadline:
             print(f"[{run.name}] skipped: not enough time left", flush=True)
             continue
@@ -567,6 +601,8 @@ def pack_weights(models: Path, out: Path, chunk: int = 15 * 2**20) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", default=".devpack")
+    parser.add_argument("--pack_parts", nargs="*", type=Path, default=[],
+                        help="folders holding more pieces of the pack's images.bin (carried by earlier calls)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--workdir", default=".devout")
     parser.add_argument("--deadline_s", type=float, default=480)
@@ -589,8 +625,9 @@ def main() -> None:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     deadline_at = started + args.deadline_s
-    lanes = [subprocess.Popen([sys.executable, __file__, "--pack", args.pack, "--out", args.out, "--workdir",
-                               args.workdir, "--lane", str(lane), "--deadline_at", str(deadline_at),
+    lanes = [subprocess.Popen([sys.executable, __file__, "--pack", args.pack, "--pack_parts",
+                               *map(str, args.pack_parts), "--out", args.out, "--workdir", args.workdir,
+                               "--lane", str(lane), "--deadline_at", str(deadline_at),
                                "--lanes", str(args.lanes)]
                               + (["--smoke"] if args.smoke else []) + (["--runs", args.runs] if args.runs else []))
              for lane in range(args.lanes)]

@@ -220,3 +220,50 @@ def test_seed_means_average_probabilities_on_the_same_images():
     np.testing.assert_allclose(sweep_report.probs(sweep_report.average_runs([a, b])), [[0.7, 0.3], [0.3, 0.7]])
     with pytest.raises(ValueError, match="different images"):
         sweep_report.average_runs([a, {**b, "ids": ["y", "x"]}])
+
+
+def test_jpeg_pack_keeps_each_sources_codec(tmp_path):
+    """--codec jpeg: an ordinary JPEG keeps its own tables and chroma subsampling (reduced to --max_side); a
+    near-lossless one is capped at quality 95 and not enlarged; the default WebP pack is as before (224 px)."""
+    import io
+
+    import pack_device_data
+    from PIL import Image, JpegImagePlugin
+
+    rng = np.random.default_rng(0)
+    ordinary, lossless = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(ordinary, quality=80, subsampling=2)
+    Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(lossless, quality=100, subsampling=0)
+    data, size = pack_device_data.encode(str(ordinary), 85, "jpeg", max_side=288)
+    with Image.open(io.BytesIO(data)) as packed, Image.open(ordinary) as source:
+        assert size == (384, 288) == packed.size
+        assert packed.quantization == source.quantization and JpegImagePlugin.get_sampling(packed) == 2
+    data, size = pack_device_data.encode(str(lossless), 85, "jpeg", max_side=288)
+    with Image.open(io.BytesIO(data)) as packed:
+        assert size == (224, 224) and JpegImagePlugin.get_sampling(packed) == 0
+        assert packed.quantization == pack_device_data._quantization(95)
+    data, size = pack_device_data.encode(str(ordinary), 85)
+    assert size == (299, 224) and Image.open(io.BytesIO(data)).format == "WEBP"
+
+
+def test_a_pack_in_pieces_reads_as_one(tmp_path):
+    """A pack spilled over two device calls (--spill) is read as one images.bin; a missing piece is refused."""
+    pack, spill = tmp_path / "pack", tmp_path / "spill"
+    pack.mkdir()
+    spill.mkdir()
+    (spill / "images.bin.0").write_bytes(b"abc")
+    (pack / "images.bin.1").write_bytes(b"de")
+    assert gpu_sweep.read_images(pack, [spill]) == b"abcde"
+    with pytest.raises(SystemExit, match="incomplete pack"):
+        gpu_sweep.read_images(pack)
+
+
+def test_lesion_masks_scale_to_a_larger_input():
+    """A 288 px run uses the 224 px masks scaled (the centre crop covers the same field at every side)."""
+    pack = gpu_sweep.Pack.__new__(gpu_sweep.Pack)
+    pack.masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    pack.masks[0, 2:4, 4:8] = True
+    scaled = pack.masks_at(16)
+    assert scaled.shape == (1, 16, 16) and scaled.dtype == torch.bool
+    assert scaled[0, 4:8, 8:16].all() and scaled.sum() == 4 * pack.masks.sum()
+    assert pack.masks_at(8) is pack.masks
