@@ -91,9 +91,9 @@ from modeling.onnx_runtime import (  # noqa: E402
 from modeling.prediction import OOD_WARNING, ModelInfo, Prediction, model_name, read_config, read_model_info  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "checkpoints"
-# The recommended model: better than the reference ASFF-ResNet-50 on validation across both sources (README, "Shipped
-# models"); the reference one is in the dropdown.
-DEFAULT_MODEL = MODELS_DIR / "asff-lite0-isic"
+# The recommended model: the best on validation across both sources (README, "Shipped models"); the Lite0 model and
+# the paper's ASFF-ResNet-50 (from scratch) are in the dropdown.
+DEFAULT_MODEL = MODELS_DIR / "asff-lite2-isic"
 HOW_TO_GET_A_MODEL = (
     "Train one with `python train_hf.py ...` (see README.md; it saves a model directory), "
     "or pass `--model DIR_OR_HUB_ID` (a directory saved by train_hf.py, or a Hub model id)."

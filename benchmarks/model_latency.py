@@ -11,7 +11,8 @@ shipped float32 graph gets one exported into the local cache first, once, see `m
 
     python benchmarks/model_latency.py [MODEL_DIR ...] [--backends torch onnx] [--repeats 9] [--threads 2]
 
-Default models: checkpoints/asff-resnet50-isic2020 (the reference) and checkpoints/asff-lite0-isic.
+Default models: checkpoints/asff-resnet50-isic2020 (the reference), checkpoints/asff-lite2-isic (the app's default,
+288 px) and checkpoints/asff-lite0-isic.
 """
 
 import argparse
@@ -32,7 +33,8 @@ from modeling.explain import explain, grad_cam  # noqa: E402
 from modeling.inference import load_classifier, pixel_values, predict  # noqa: E402
 from modeling.onnx_runtime import load_backend  # noqa: E402
 
-DEFAULT_MODELS = [ROOT / "checkpoints" / "asff-resnet50-isic2020", ROOT / "checkpoints" / "asff-lite0-isic"]
+DEFAULT_MODELS = [ROOT / "checkpoints" / name
+                  for name in ("asff-resnet50-isic2020", "asff-lite2-isic", "asff-lite0-isic")]
 TASKS = ("explain", "pred+cam", "predict")
 
 

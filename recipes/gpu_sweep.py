@@ -26,8 +26,13 @@ What a device session needs (measured on the H200 sessions):
 - Each lane's first epoch costs ~45 s more (cuDNN autotuning, the image cache); a 15-epoch Lite2 run on both sources
   takes ~65 s alone and ~160 s with three lanes sharing the GPU.
 - The pack's WebP re-encodes are not the originals, and the networks learn the difference: every model trained
-  here scores lower on the original images (RESULTS.md). Ship a sweep model only after training on the originals
-  (`train_hf.py --model_name_or_path` the unpacked model), or pack without a codec change."""
+  on them scores lower on the original images (RESULTS.md). A pack that keeps the sources' JPEG codec
+  (`pack_device_data.py --codec jpeg`) closed most of that gap: the mean per-source validation ROC AUC on the
+  originals fell -0.007..+0.001 from the sweep's own (per source down to -0.012), against -0.010..-0.028 with
+  WebP. It is larger than one call carries: spill it (`--spill .devpack-a`), carry `.devpack-a` in a first call
+  that copies it to /tmp, then `.devpack` in the training call within the machine's idle window (30 s), and pass
+  both folders (`--pack_parts`).
+- Lanes share the GPU: four lanes of 15 Lite2 epochs (three at 288 px) took ~260 s; one alone at 288 px ~140 s."""
 
 from __future__ import annotations
 

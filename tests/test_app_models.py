@@ -180,11 +180,12 @@ def test_the_api_takes_the_model_by_name(models_dir, image_path):
 
 @pytest.mark.slow
 def test_the_app_opens_on_the_recommended_model_with_the_reference_one_in_the_dropdown():
-    """`python app.py` serves asff-lite0-isic (better on validation across both sources, README "Shipped models");
-    the paper's ASFF-ResNet-50 is one dropdown choice away. Its float32 graph predicts and serves Grad-CAM."""
-    assert app.DEFAULT_MODEL == app.MODELS_DIR / "asff-lite0-isic" and app.DEFAULT_MODEL.is_dir()
+    """`python app.py` serves asff-lite2-isic (the best on validation across both sources, README "Shipped models");
+    the Lite0 model and the paper's ASFF-ResNet-50 are one dropdown choice away. Its float32 graph predicts and serves
+    Grad-CAM."""
+    assert app.DEFAULT_MODEL == app.MODELS_DIR / "asff-lite2-isic" and app.DEFAULT_MODEL.is_dir()
     choices = app.model_choices(app.MODELS_DIR, app.DEFAULT_MODEL)
-    assert {"asff-lite0-isic", "asff-resnet50-isic2020"} <= set(choices)
+    assert {"asff-lite2-isic", "asff-lite0-isic", "asff-resnet50-isic2020"} <= set(choices)
     model, processor, info = app.load_or_exit(app.DEFAULT_MODEL)
     served = app.served_model(model, processor, info, app.backend_or_exit(app.DEFAULT_MODEL, model, processor))
     assert served.backend is not None and served.cam_backend is served.backend

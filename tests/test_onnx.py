@@ -376,18 +376,20 @@ def test_the_reference_checkpoint_ships_a_matching_int8_graph():
 
 
 @pytest.mark.slow
-def test_the_lite0_checkpoint_ships_a_float32_graph_that_serves_predictions_and_grad_cam():
-    """asff-lite0-isic ships `onnx/model.onnx` (16 MB; no int8 graph: it failed its check): it belongs
-    to the committed weights, `auto` serves it, and Grad-CAM above its stage maps is the torch model's."""
+@pytest.mark.parametrize("name", ["asff-lite0-isic", "asff-lite2-isic"])
+def test_the_lite_checkpoints_ship_a_float32_graph_that_serves_predictions_and_grad_cam(name):
+    """asff-lite0-isic (16 MB; no int8 graph: it failed its check) and asff-lite2-isic (22 MB) ship `onnx/model.onnx`
+    only: it belongs to the committed weights, `auto` serves it, and Grad-CAM above its stage maps is the torch
+    model's."""
     from modeling.explain import explain
 
-    lite0 = ROOT / "checkpoints" / "asff-lite0-isic"
-    model, processor, _ = load_classifier(lite0)
-    backend = load_backend(lite0, model, processor)
-    assert backend.path == lite0 / "onnx" / "model.onnx" and backend.serves_grad_cam
-    assert backend.path.stat().st_size < 70e6 and not (lite0 / "onnx" / "model_quantized.onnx").exists()
-    report = json.loads((lite0 / "onnx" / "export_report.json").read_text())
-    assert report["verified"] and report["int8"] is None and report["weights_sha256"] == weights_fingerprint(lite0)
+    model_dir = ROOT / "checkpoints" / name
+    model, processor, _ = load_classifier(model_dir)
+    backend = load_backend(model_dir, model, processor)
+    assert backend.path == model_dir / "onnx" / "model.onnx" and backend.serves_grad_cam
+    assert backend.path.stat().st_size < 70e6 and not (model_dir / "onnx" / "model_quantized.onnx").exists()
+    report = json.loads((model_dir / "onnx" / "export_report.json").read_text())
+    assert report["verified"] and report["int8"] is None and report["weights_sha256"] == weights_fingerprint(model_dir)
     assert report["fp32"]["vs_torch"]["decision_agreement"] == 1.0 and report["fp32"]["metrics"]["images"] == 660
     image = lesion_image(1, np.random.default_rng(3), 300)
     ours, theirs = explain(model, processor, image, backend=backend), explain(model, processor, image)
@@ -499,7 +501,7 @@ def test_the_readme_snippet_preprocesses_and_predicts_like_the_processor(exporte
     image_path = tmp_path / "wide.png"
     lesion_image(1, np.random.default_rng(2), 90).resize((131, 90)).save(image_path)  # not square
     code = readme_snippet()
-    line = 'model_dir, image_path = "checkpoints/asff-lite0-isic", "lesion.jpg"  # a model directory, your image'
+    line = 'model_dir, image_path = "checkpoints/asff-lite2-isic", "lesion.jpg"  # a model directory, your image'
     assert line in code and "import torch" not in code and "modeling" not in code
     namespace: dict = {}
     exec(code.replace(line, f"model_dir, image_path = {str(model_dir)!r}, {str(image_path)!r}"), namespace)
