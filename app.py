@@ -148,7 +148,8 @@ logger = logging.getLogger(__name__)
 # ONNX graph (`start_without_torch`), so they are imported on first use, and loaded in the background just after the
 # server answers (`main`, `warm_up`). The CAM choices the UI offers are therefore named here;
 # tests/test_app_models.py checks them against modeling.explain's.
-CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (7x7)", "stage3": "stage3 (14x14)"}
+CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (the coarser stage)",
+               "stage3": "stage3 (the finer stage)"}
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
                "gradcam-elementwise")
 
@@ -304,10 +305,11 @@ def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | No
     return data
 
 
-def cam_caption(cam_label: str, target: str, method: str, empty: bool = False) -> str:
+def cam_caption(cam_label: str, target: str, method: str, empty: bool = False, target_name: str = "") -> str:
+    """`target_name`: the target with its grid for the model on screen (`ExplainResult.target_name`)."""
     from modeling.explain import CAM_EMPTY, CAM_HOW_TO_READ, CAM_HOW_TO_READ_CLASS_AGNOSTIC, CLASS_AGNOSTIC_METHODS
 
-    where = f"({CAM_TARGETS.get(target, target)}, {method})"
+    where = f"({target_name or CAM_TARGETS.get(target, target)}, {method})"
     if method in CLASS_AGNOSTIC_METHODS:
         return f"**{method}, the same for every class** {where}. " + CAM_HOW_TO_READ_CLASS_AGNOSTIC
     caption = f"**Grad-CAM of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
@@ -533,7 +535,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             decision_html(prediction),
             prediction_json(prediction, served.info, result.cam_label, served.backend_name),
             cam_image(result),
-            cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty),
+            cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty, result.target_name),
             result.fusion_figure,
             " ".join(filter(None, [result.fusion_message, FUSION_HOW_TO_READ.get(served.info.fusion_mode or "")])),
             timing,
@@ -598,7 +600,8 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             elapsed = (time.perf_counter() - start) * 1000
             session["cam_label"] = result.cam_label
             cam = cam_image(result)
-            caption = cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty)
+            caption = cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty,
+                                  result.target_name)
             timing = (f"{cam_subject(result)}, recomputed in **{elapsed:.0f} ms** (the decision changed with the "
                       "threshold; the probabilities are the cached ones)")
         return ((prediction.label, prediction.probabilities), decision_html(prediction),
@@ -684,8 +687,8 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         return (*sliders, *about, *batch, *analyse(image_path, threshold_value, tta, target, method, model_choice))
 
     default = registry.peek(None)
-    with gr.Blocks(title="ASFF-ResNet skin-lesion classifier (research demo)", analytics_enabled=False) as demo:
-        gr.Markdown(f"# ASFF-ResNet skin-lesion classifier\n{DISCLAIMER}", elem_id="disclaimer")
+    with gr.Blocks(title="ASFF skin-lesion classifier (research demo)", analytics_enabled=False) as demo:
+        gr.Markdown(f"# ASFF skin-lesion classifier\n{DISCLAIMER}", elem_id="disclaimer")
         session = gr.State(None)
         model_choice = gr.Dropdown(registry.names, value=registry.default_name, label="Model", elem_id="model",
                                    visible=len(registry.names) > 1, interactive=True,

@@ -4,6 +4,7 @@ wires these to components."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,10 @@ from .inference import MODEL_LOCK, LogitsOnly, Prediction, make_prediction, pixe
 from .onnx_runtime import OnnxClassifier
 from .plots import cam_overlay, fusion_figure, fusion_message
 
-CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (7x7)", "stage3": "stage3 (14x14)"}
+# The grids depend on the model's input size (ResNet-50 or EfficientNet at 224 px: 7x7 and 14x14; at 288 px: 9x9 and
+# 18x18), so the names do not state them; `cam_target_name` does, for one model.
+CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (the coarser stage)",
+               "stage3": "stage3 (the finer stage)"}
 # Targets whose gradients reach the backbone only through its stage maps: an onnxruntime graph can run the backbone.
 STAGE_MAP_TARGETS = ("fused", "stage4")
 # Gradient- or activation-based methods: one forward (+ one backward). ScoreCAM / AblationCAM run one forward per
@@ -78,6 +82,7 @@ class ExplainResult:
     target: str
     method: str
     timing_ms: dict[str, float]
+    target_name: str = ""  # the target with its grid for this model and input: "stage3 (18x18)"
 
     @property
     def cam_is_empty(self) -> bool:
@@ -91,6 +96,17 @@ class ExplainResult:
     @property
     def probabilities(self) -> dict[str, float]:
         return self.prediction.probabilities
+
+
+def cam_target_name(model: nn.Module, target: str, input_size: int) -> str:
+    """A CAM target as the UI names it, with its grid at this input size for an ASFF model whose backbone reports
+    its strides (stage3 (18x18) at 288 px); the fused map lies on the finer stage's grid."""
+    name = CAM_TARGETS.get(target, target)
+    reductions = getattr(getattr(model, "asff_resnet", None), "stage_reductions", None)
+    if not reductions or target not in CAM_TARGETS:
+        return name
+    side = math.ceil(input_size / (reductions[1] if target == "stage4" else reductions[0]))
+    return f"{name.split(' (')[0]} ({side}x{side})" if target != "fused" else f"{name}, {side}x{side}"
 
 
 def cam_target_layer(model: nn.Module, target: str = "fused") -> tuple[nn.Module, str]:
@@ -313,6 +329,7 @@ def explain(
         target=target,
         method=method,
         timing_ms=timing,
+        target_name=cam_target_name(model, target, inputs.shape[-1]),
     )
 
 
@@ -322,6 +339,7 @@ __all__ = [
     "CLASS_AGNOSTIC_METHODS",
     "CAM_METHODS",
     "CAM_TARGETS",
+    "cam_target_name",
     "ExplainResult",
     "cam_frame_share",
     "cam_target_layer",

@@ -11,7 +11,7 @@ import sys
 MODEL_ID = os.environ.get("MODEL_ID", "").strip()
 if not MODEL_ID:  # checked before the heavy imports, so a misconfigured Space fails fast with a clear message
     sys.exit("Set the Space variable MODEL_ID to the Hub id of a model saved by train_hf.py "
-             "(e.g. your-name/asff-lite0-isic).")
+             "(e.g. your-name/asff-lite2-isic).")
 
 from demo import ModelRegistry, build_demo_for, launch_and_warm_up, serve_or_exit  # noqa: E402
 

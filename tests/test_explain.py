@@ -173,3 +173,23 @@ def test_an_empty_grad_cam_is_said_so(loaded, image):
     assert "This map is empty" in said and f"score of **{empty.cam_label}**" in said
     assert "This map is empty" not in app.cam_caption(result.cam_label, result.target, result.method, False)
     assert "This map is empty" not in app.cam_caption(result.cam_label, result.target, "eigencam", True)
+
+
+def test_cam_target_names_give_the_grid_of_the_model_on_screen(loaded, image):
+    """The heatmap names the map it explains with the grid it has for this model's input (the app's caption):
+    stage3 of a 224 px ResNet-50 is 14x14, of a 288 px model 18x18; the tiny test model's follows its input."""
+    import app
+    from modeling import AsffResNetConfig, AsffResNetForImageClassification
+    from modeling.explain import cam_target_name
+
+    resnet = AsffResNetForImageClassification(AsffResNetConfig())
+    assert cam_target_name(resnet, "stage3", 224) == "stage3 (14x14)"
+    assert cam_target_name(resnet, "stage4", 288) == "stage4 (9x9)"
+    assert cam_target_name(resnet, "fused", 288) == "fused features (after ASFF), 18x18"
+    model, processor, _ = loaded["channel"]
+    result = explain(model, processor, image, target="stage4")
+    low, high = model.asff_resnet.stage_reductions
+    side = -(-TINY_IMAGE_SIZE // high)
+    assert result.target_name == f"stage4 ({side}x{side})"
+    assert f"stage4 ({side}x{side})" in app.cam_caption(result.cam_label, result.target, result.method,
+                                                         result.cam_is_empty, result.target_name)
