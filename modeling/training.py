@@ -488,6 +488,11 @@ def recipe_settings(recipe: dict) -> dict:
     if recipe:
         settings["model"] = recipe.get("fusion", settings.get("model"))
         settings["mixed_precision"] = "bf16 autocast"
+    if recipe.get("sources"):  # gpu_sweep selects epochs on the mean validation ROC AUC of the sources it trains on
+        settings["metric_for_best_model"] = (f"{SOURCE_MEAN_METRIC} (the recipe's own, on the validation splits of "
+                                             f"{', '.join(recipe['sources'])} as it saw them)")
+    if recipe.get("ema"):
+        settings["weights_moving_average"] = recipe["ema"]  # the averaged weights were selected and released
     return settings
 
 
@@ -601,7 +606,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
                         epochs_completed=round(trainer.state.epoch or 0.0, 2), hardware=hardware())
     else:  # trained elsewhere: its own recipe replaces the Trainer's (unused) settings
         for key in ("epochs", "batch_size", "learning_rate", "lr_scheduler", "warmup", "weight_decay", "optimizer",
-                    "seed", "augmentation_strength", "class_weighting", "mixed_precision", "channels_last"):
+                    "seed", "augmentation_strength", "class_weighting", "mixed_precision", "channels_last",
+                    "metric_for_best_model"):
             settings.pop(key, None)
         settings.update(recipe_settings(recipe), evaluated_on=hardware())
     if any(isinstance(c, TimeBudgetCallback) and c.stopped for c in callbacks):

@@ -116,7 +116,8 @@ def test_skip_training_releases_a_model_trained_elsewhere(image_folder, tmp_path
     build_image_processor(TINY_IMAGE_SIZE).save_pretrained(source)
     (source / "training_settings.json").write_text(json.dumps({
         "backbone": "lite0", "fusion": "channel", "epochs": 12, "lr": 5e-4, "batch": 64, "seed": 1,
-        "best_epoch": 12, "trained_by": "recipes/gpu_sweep.py", "hardware": "a GPU"}))
+        "best_epoch": 12, "trained_by": "recipes/gpu_sweep.py", "hardware": "a GPU", "ema": 0.995,
+        "sources": ["isic2020-part", "isic2019-part"]}))
     out = tmp_path / "release"
     result = train_hf.run(["--dataset", str(image_folder), "--model_name_or_path", str(source), "--skip_training",
                            "true", "--ood_feature", "stages", "--output_dir", str(out), "--cam_frame_share_limit",
@@ -124,6 +125,9 @@ def test_skip_training_releases_a_model_trained_elsewhere(image_folder, tmp_path
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["trained_by"] == "recipes/gpu_sweep.py" and settings["epochs"] == 12
     assert settings["init"] == "efficientnet-lite0 (ImageNet)" and settings["learning_rate"] == 5e-4
+    # the recipe's own selection, not the Trainer's unused default (roc_auc), and its moving average
+    assert settings["metric_for_best_model"].startswith("source_mean_roc_auc (the recipe's own")
+    assert settings["weights_moving_average"] == 0.995
     assert result["channel"]["test"]["n"] == 12
     assert not (out / "trainer_state.json").exists() and (out / "training_settings.json").is_file()
     released = AsffResNetForImageClassification.from_pretrained(out)
