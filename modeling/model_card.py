@@ -103,9 +103,11 @@ def _calibration_text(settings: dict, before: str, after: str) -> tuple[str, str
         ood = "this model has no OOD detector; it classifies anything it is given."
     else:
         rate = settings.get("ood_pass_rate") or 0.95
-        ood = ("flagged by a Mahalanobis-distance detector on the pooled features (the warning is a screen, not a "
+        features = ("the pooled fused features and both fused stages' averages"
+                    if settings.get("ood_feature") == "stages" else "the pooled features")
+        ood = (f"flagged by a Mahalanobis-distance detector on {features} (the warning is a screen, not a "
                "guarantee: unusual dermoscopy is flagged too, and some non-dermoscopic images pass).")
-        section += ("\n- **Out-of-distribution flag**: Mahalanobis distance of the pooled features to the nearest "
+        section += (f"\n- **Out-of-distribution flag**: Mahalanobis distance of {features} to the nearest "
                     "class mean (shared covariance, Ledoit-Wolf; Lee et al. 2018), fitted on the training images; "
                     f"images scoring above {threshold:.4g} (`config.ood_threshold`, the {rate:.0%} quantile of "
                     "validation scores) are flagged as outside the training distribution. The score is computed in "

@@ -300,6 +300,7 @@ def calibration_summary(config, calibration: Calibration | None) -> dict:
     if calibration is None:
         return {"temperature": None, "ood_method": None}
     return {"temperature": round(calibration.temperature, 4), "ood_method": getattr(config, "ood_method", None),
+            "ood_feature": getattr(config, "ood_feature", None),
             "ood_threshold": calibration.ood_threshold, "ood_pass_rate": getattr(config, "ood_pass_rate", None)}
 
 

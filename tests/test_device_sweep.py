@@ -134,7 +134,9 @@ def test_skip_training_releases_a_model_trained_elsewhere(image_folder, tmp_path
     assert released.config.ood_feature == "stages" and released.config.ood_threshold is not None
     for name, tensor in model.state_dict().items():  # the trained weights are released as they were
         torch.testing.assert_close(released.state_dict()[name], tensor)
-    assert "trained from scratch" not in (out / "README.md").read_text().split("## Training")[0].lower()
+    card = (out / "README.md").read_text()
+    assert "trained from scratch" not in card.split("## Training")[0].lower()
+    assert "detector on the pooled fused features and both fused stages' averages" in card  # ood_feature=stages
 
 
 def test_skip_training_needs_a_model(image_folder, tmp_path):
