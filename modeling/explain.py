@@ -106,7 +106,7 @@ def cam_target_name(model: nn.Module, target: str, input_size: int) -> str:
     if not reductions or target not in CAM_TARGETS:
         return name
     side = math.ceil(input_size / (reductions[1] if target == "stage4" else reductions[0]))
-    return f"{name.split(' (')[0]} ({side}x{side})" if target != "fused" else f"{name}, {side}x{side}"
+    return f"{name}, {side}x{side}" if target == "fused" else f"{target} ({side}x{side})"
 
 
 def cam_target_layer(model: nn.Module, target: str = "fused") -> tuple[nn.Module, str]:

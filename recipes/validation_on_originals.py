@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from transformers import EvalPrediction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling.inference import load_classifier, predict_batch  # noqa: E402
 from modeling.metrics.statistics import paired_bootstrap  # noqa: E402
-from modeling.training import DataArguments, prepare_data  # noqa: E402
+from modeling.training import SOURCE_MEAN_METRIC, DataArguments, make_compute_metrics, prepare_data  # noqa: E402
 
 SOURCES = ["../shared/data/isic2020-part", "../shared/data/isic2019-part"]
 
@@ -38,13 +38,17 @@ def main() -> None:
     data = prepared.dataset["validation"].with_format(None)
     sources = np.array(data["source"])
     labels = np.array([prepared.labels[label] == "malignant" for label in data["label"]], dtype=int)
+    selection_metrics = make_compute_metrics(sources)  # train_hf's own per-source ROC AUCs and their mean
     probs, scores = {}, {}
     for folder in args.models:
         model, processor, _ = load_classifier(folder)
         p = np.array([row["p_malignant"] for row in predict_batch(model, processor, data["path"])])
         probs[folder.name] = p
-        result = {s: float(roc_auc_score(labels[sources == s], p[sources == s])) for s in np.unique(sources)}
-        result["mean"] = float(np.mean(list(result.values())))
+        # log-probabilities as logits: the metric's softmax gives the calibrated probabilities back
+        log_probs = np.log(np.clip(np.stack([1 - p, p], 1), 1e-12, None))
+        metrics = selection_metrics(EvalPrediction(predictions=log_probs, label_ids=labels))
+        result = {s: metrics[f"roc_auc_{s}"] for s in np.unique(sources)}
+        result["mean"] = metrics[SOURCE_MEAN_METRIC]
         scores[folder.name] = result
         print(folder.name, json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
     differences = {}
