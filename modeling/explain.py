@@ -162,6 +162,14 @@ class _StageReplay(nn.Module):
     def parameters(self, recurse: bool = True):  # Grad-CAM reads the device from the first one
         return self.model.parameters(recurse)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # Grad-CAM clears gradients before its backward pass. Only the layers above the stage maps can hold any (the
+        # backbone ran in onnxruntime), and walking the whole model's parameters took ~2.5 ms, more than they run.
+        base = self.model.asff_resnet
+        for module in (*base.children(), *self.model.children()):
+            if module is not base and module is not base.backbone:
+                module.zero_grad(set_to_none)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # the pixels already went through the graph
         low, high = self.maps
         self.last_output = self.model.forward_from_stages(self.low(low), self.high(high))

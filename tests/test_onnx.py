@@ -301,6 +301,28 @@ def test_grad_cam_on_the_float32_graph_is_the_torch_models(exported, sample, tar
                                                            tta=True).probabilities, abs=1e-5)
 
 
+@pytest.mark.parametrize("target", ["fused", "stage4"])
+def test_grad_cam_on_the_graph_clears_the_gradients_it_leaves(exported, sample, target):
+    """Grad-CAM above the graph clears gradients only in the layers above the backbone: with trainable parameters (a
+    model in the user's hands; `load_classifier` freezes them) those are the only ones that get any, and a second call
+    leaves the same gradients (cleared, not summed) as the first."""
+    from modeling.explain import grad_cam
+    from modeling.image_utils import load_image
+    from modeling.inference import pixel_values
+
+    model, processor, _ = load_classifier(exported)
+    backend = load_backend(exported, model, processor, "onnx")
+    model.requires_grad_(True)
+    pixels = pixel_values(processor, load_image(sample[0]))
+    grad_cam(model, pixels, target=target, backend=backend)
+    first = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert first and not any(name.startswith("asff_resnet.backbone.") for name in first)
+    grad_cam(model, pixels, target=target, backend=backend)
+    second = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert second.keys() == first.keys()
+    assert all(torch.allclose(second[name], first[name]) for name in first)
+
+
 def test_only_a_float32_graph_with_the_stage_maps_serves_grad_cam(exported, tmp_path, sample, monkeypatch):
     from modeling import onnx_export
     from modeling.explain import explain
