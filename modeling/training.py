@@ -491,10 +491,24 @@ def recipe_settings(recipe: dict) -> dict:
         settings["mixed_precision"] = "bf16 autocast"
     if recipe.get("sources"):  # gpu_sweep selects epochs on the mean validation ROC AUC of the sources it trains on
         settings["metric_for_best_model"] = (f"{SOURCE_MEAN_METRIC} (the recipe's own, on the validation splits of "
-                                             f"{', '.join(recipe['sources'])} as it saw them)")
+                                             f"{', '.join(recipe['sources'])} as it saw them"
+                                             f"{'; for each run of the soup' if recipe.get('soup') else ''})")
     if recipe.get("ema"):
         settings["weights_moving_average"] = recipe["ema"]  # the averaged weights were selected and released
+    if recipe.get("soup"):  # a weight average of several runs (`modeling.soup`): each run's own record
+        soup = recipe["soup"]
+        settings["weights_soup"] = "; ".join(_soup_ingredient(run) for run in soup["ingredients"])
+        if soup.get("selection"):
+            settings["weights_soup_selection"] = f"{soup['selection']}, on the {soup.get('score_name', 'score')}"
     return settings
+
+
+def _soup_ingredient(run: dict) -> str:
+    details = [f"seed {run['seed']}" if "seed" in run else None,
+               f"{run['side']} px" if run.get("side") else None,
+               f"weights' moving average {run['ema']}" if run.get("ema") else None,
+               f"epoch {run['best_epoch']} of {run['epochs_completed']}" if run.get("best_epoch") else None]
+    return f"{run['name']} ({', '.join(d for d in details if d)})"
 
 
 def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,

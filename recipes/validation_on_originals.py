@@ -15,13 +15,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from transformers import EvalPrediction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling.inference import load_classifier, predict_batch  # noqa: E402
 from modeling.metrics.statistics import paired_bootstrap  # noqa: E402
-from modeling.training import SOURCE_MEAN_METRIC, DataArguments, make_compute_metrics, prepare_data  # noqa: E402
+from modeling.selection import validation_scores, validation_set  # noqa: E402
 
 SOURCES = ["../shared/data/isic2020-part", "../shared/data/isic2019-part"]
 
@@ -33,24 +31,12 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="*", default=[], help="A:B: model A minus model B (directory names)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    prepared = prepare_data(DataArguments(dataset=args.dataset, drop_duplicates=True, near_duplicate_distance=4),
-                            seed=42)
-    data = prepared.dataset["validation"].with_format(None)
-    sources = np.array(data["source"])
-    labels = np.array([prepared.labels[label] == "malignant" for label in data["label"]], dtype=int)
-    selection_metrics = make_compute_metrics(sources)  # train_hf's own per-source ROC AUCs and their mean
+    data = validation_set(args.dataset)
+    sources, labels = data.sources, data.labels
     probs, scores = {}, {}
     for folder in args.models:
-        model, processor, _ = load_classifier(folder)
-        p = np.array([row["p_malignant"] for row in predict_batch(model, processor, data["path"])])
-        probs[folder.name] = p
-        # log-probabilities as logits: the metric's softmax gives the calibrated probabilities back
-        log_probs = np.log(np.clip(np.stack([1 - p, p], 1), 1e-12, None))
-        metrics = selection_metrics(EvalPrediction(predictions=log_probs, label_ids=labels))
-        result = {s: metrics[f"roc_auc_{s}"] for s in np.unique(sources)}
-        result["mean"] = metrics[SOURCE_MEAN_METRIC]
-        scores[folder.name] = result
-        print(folder.name, json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
+        probs[folder.name], scores[folder.name] = validation_scores(folder, data)
+        print(folder.name, json.dumps({k: round(v, 4) for k, v in scores[folder.name].items()}), flush=True)
     differences = {}
     for pair in args.pairs:
         a, b = pair.split(":", 1)
