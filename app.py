@@ -117,6 +117,12 @@ BATCH_NAMES_NOTE = (
     "Browsers send file names without their folders, so files that share a name are numbered in upload order "
     "(e.g. `1.jpg (1)`, `1.jpg (2)`)."
 )
+BATCH_OOD_NOTE = (
+    "The label of a file with `in_distribution` false is not meaningful: the image does not look like the dermoscopy "
+    "the model was trained on."
+)
+BATCH_STALE = ("**Out of date:** the threshold or the TTA setting changed since this table was made; its decisions are "
+               "still the old setting's. Press *Classify all* again.")
 MAX_FILE_SIZE = "20mb"
 MAX_BATCH_FILES = 200
 CONCURRENCY_LIMIT = 2  # CPU: model forwards are serialised anyway (modeling.inference.MODEL_LOCK), this bounds memory
@@ -307,22 +313,31 @@ def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | No
 
 def cam_caption(cam_label: str, target: str, method: str, empty: bool = False, target_name: str = "") -> str:
     """`target_name`: the target with its grid for the model on screen (`ExplainResult.target_name`)."""
-    from modeling.explain import CAM_EMPTY, CAM_HOW_TO_READ, CAM_HOW_TO_READ_CLASS_AGNOSTIC, CLASS_AGNOSTIC_METHODS
+    from modeling.explain import (
+        CAM_EMPTY,
+        CAM_HOW_TO_READ,
+        CAM_HOW_TO_READ_CLASS_AGNOSTIC,
+        CAM_METHOD_NAMES,
+        CLASS_AGNOSTIC_METHODS,
+    )
 
     where = f"({target_name or CAM_TARGETS.get(target, target)}, {method})"
+    name = CAM_METHOD_NAMES.get(method, method)
     if method in CLASS_AGNOSTIC_METHODS:
-        return f"**{method}, the same for every class** {where}. " + CAM_HOW_TO_READ_CLASS_AGNOSTIC
-    caption = f"**Grad-CAM of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
+        return f"**{name}, the same for every class** {where}. " + CAM_HOW_TO_READ_CLASS_AGNOSTIC
+    caption = f"**{name} of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
     return caption + (" " + CAM_EMPTY.format(label=cam_label) if empty else "")
 
 
 def cam_subject(result) -> str:
-    """What the CAM on screen explains: 'Grad-CAM of *malignant*', or the method for one that ignores the class."""
-    from modeling.explain import CLASS_AGNOSTIC_METHODS
+    """What the CAM on screen explains: 'Grad-CAM of *malignant*' (or 'LayerCAM of ...': the method's name), or the
+    method alone for one that ignores the class."""
+    from modeling.explain import CAM_METHOD_NAMES, CLASS_AGNOSTIC_METHODS
 
+    name = CAM_METHOD_NAMES.get(result.method, result.method)
     if result.method in CLASS_AGNOSTIC_METHODS:
-        return f"{result.method} (the same for every class)"
-    return f"Grad-CAM of *{result.cam_label}*"
+        return f"{name} (the same for every class)"
+    return f"{name} of *{result.cam_label}*"
 
 
 def cam_image(result) -> np.ndarray:
@@ -420,7 +435,7 @@ class ServedModel:
         runs += ("; Grad-CAM: PyTorch" if self.cam_backend is None else
                  f"; Grad-CAM: PyTorch above the backbone's stage maps from `{self.cam_backend.path.name}`")
         return (f"**Model:** `{info.name}` ({self.fusion_note()}; {info.num_parameters / 1e6:.1f} M parameters; "
-                f"input {info.image_size} px). Decision threshold {info.decision_threshold:.2f} on calibrated "
+                f"input {info.image_size} px). Decision threshold {info.decision_threshold:.3f} on calibrated "
                 f"p({positive}); calibration temperature {info.temperature:.2f}; out-of-distribution check: {ood}. "
                 f"Predictions: {runs}.")
 
@@ -631,7 +646,8 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
     @_user_errors
     def run_batch(image_paths, threshold, tta, model_choice=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """One row per file (calibrated probabilities, decision, TTA spread, OOD flag and score, or the file's error)
-        and a CSV that also records the model, threshold, TTA setting and backend."""
+        and a CSV that also records the model, threshold, TTA setting and backend; and the settings the table was made
+        with (a `gr.State`, not part of the API's result), so that moving them marks it out of date."""
         if not image_paths:
             raise gr.Error("Upload one or more image files.", print_exception=False)
         if len(image_paths) > MAX_BATCH_FILES:
@@ -656,13 +672,24 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         flagged = sum(row["in_distribution"] is False for row in rows)
         failed = sum(bool(row["error"]) for row in rows)
         summary = (f"{len(rows)} file(s): model `{served.info.name}` ({served.backend_name}), threshold "
-                   f"{threshold:.2f}, TTA {'on' if tta else 'off'}; {flagged} flagged as out of distribution; "
+                   f"{threshold:.3f}, TTA {'on' if tta else 'off'}; {flagged} flagged as out of distribution; "
                    f"{failed} unreadable.")
+        if flagged:  # the table's label column still holds their decisions
+            summary += f" {BATCH_OOD_NOTE}"
         if rows and rows[0]["in_distribution"] is None and not all(row["error"] for row in rows):
             summary += f" {OOD_NOT_AVAILABLE}"
         if numbered:
             summary += f" {BATCH_NAMES_NOTE}"
-        return table, str(csv_path), summary
+        return table, str(csv_path), summary, {"threshold": threshold, "tta": bool(tta), "summary": summary}
+
+    def on_batch_settings(made, threshold, tta):
+        """The batch summary, marked out of date while the threshold or TTA setting differs from the one the table was
+        made with (its decisions are that threshold's); unchanged when there is no table."""
+        if not made:
+            return gr.update()
+        if abs(made["threshold"] - threshold) < 1e-12 and made["tta"] == bool(tta):
+            return made["summary"]
+        return f"{BATCH_STALE} {made['summary']}"
 
     def threshold_label(served: ServedModel) -> str:
         return f"Decision threshold on p({served.info.id2label.get(1, 'class 1')})"
@@ -681,7 +708,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         sliders = [gr.update(value=threshold_value, label=threshold_label(served)) for _ in range(2)]
         about = [served.about(), served.info.card_text or NO_CARD]
         batch = (gr.update(value={"headers": table_columns(served.info), "data": []},
-                           headers=table_columns(served.info)), None, "")
+                           headers=table_columns(served.info)), None, "", None)
         if image_path is None:
             return (*sliders, *about, *batch, *cleared(model_choice))
         return (*sliders, *about, *batch, *analyse(image_path, threshold_value, tta, target, method, model_choice))
@@ -739,6 +766,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                 batch_tta = gr.Checkbox(False, label="Test-time augmentation")
             batch_button = gr.Button("Classify all", variant="primary")
             batch_summary = gr.Markdown(elem_id="batch-summary", label="Batch summary")
+            batch_made = gr.State(None)  # the settings the table on screen was made with
             # `file` and `label` pinned (on screen on a phone while the rest scrolls sideways), fixed widths so that
             # empty columns do not squeeze their headers into a tall stack.
             columns = table_columns(info)
@@ -784,7 +812,8 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         # `.input`: the user picked a model (not a programmatic change). A model that fails to load shows its error
         # and leaves the image and results as they were.
         model_choice.input(on_model, [model_choice, image, tta, target, method],
-                           [threshold, batch_threshold, about, card, table, csv_file, batch_summary, *outputs],
+                           [threshold, batch_threshold, about, card, table, csv_file, batch_summary, batch_made,
+                            *outputs],
                            api_visibility="private").success(
             on_threshold, [session, threshold], threshold_outputs, api_visibility="private", show_progress="hidden")
         reset_threshold.click(model_threshold, [model_choice], [threshold], api_visibility="private", queue=False)
@@ -793,7 +822,9 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         gr.on([], run_predict, [image, threshold, tta, model_choice], [probs, decision, result_json],
               api_name="predict")
         batch_button.click(run_batch, [files, batch_threshold, batch_tta, model_choice],
-                           [table, csv_file, batch_summary], api_name="batch", concurrency_limit=1)
+                           [table, csv_file, batch_summary, batch_made], api_name="batch", concurrency_limit=1)
+        gr.on([batch_threshold.change, batch_tta.change], on_batch_settings, [batch_made, batch_threshold, batch_tta],
+              [batch_summary], api_visibility="private", queue=False, show_progress="hidden")
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
     return demo
 

@@ -51,6 +51,17 @@ CAM_METHODS = {
     "eigengradcam": EigenGradCAM,
     "gradcam-elementwise": GradCAMElementWise,
 }
+# How each method is named on screen ("LayerCAM of malignant"): every method here is not Grad-CAM.
+CAM_METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "Eigen-Grad-CAM",
+    "gradcam-elementwise": "Grad-CAM (element-wise)",
+}
 # Methods whose map ignores the class (EigenCAM: the first principal component of the target's activations): the same
 # map for every class, so the UI must not say it explains one.
 CLASS_AGNOSTIC_METHODS = ("eigencam",)
@@ -346,6 +357,7 @@ __all__ = [
     "CAM_HOW_TO_READ_CLASS_AGNOSTIC",
     "CLASS_AGNOSTIC_METHODS",
     "CAM_METHODS",
+    "CAM_METHOD_NAMES",
     "CAM_TARGETS",
     "cam_target_name",
     "ExplainResult",

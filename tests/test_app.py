@@ -165,10 +165,11 @@ def test_explain(client, files, target, method):
         handle_file(files["lesion1.jpg"]), 0.5, target == "stage4", target, method, api_name="/explain")
     assert sum(confidences(probs).values()) == pytest.approx(1, abs=1e-4) and "Prediction" in decision
     assert result["cam_label"] == result["label"] == probs["label"]
-    subject = ("eigencam (the same for every class)" if method == "eigencam"  # it ignores the class
-               else f"Grad-CAM of *{result['label']}*")
+    name = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM"}[method]  # the method's own name
+    subject = (f"{name} (the same for every class)" if method == "eigencam"  # it ignores the class
+               else f"{name} of *{result['label']}*")
     assert subject in timing and "no CAM" not in timing and "Warm colours" in caption
-    assert (f"Grad-CAM of *{result['label']}*" in caption) == (method != "eigencam")
+    assert (f"{name} of *{result['label']}*" in caption) == (method != "eigencam")
     width, height = Image.open(cam).size
     assert height > width  # the overlay with its colour scale under it
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image")
@@ -185,6 +186,7 @@ def test_batch_unique_names_ood_rows_and_csv_settings(client, files, loaded):
     assert set(rows) == {"lesion0.jpg", "1.jpg (1)", "1.jpg (2)", "not_a_lesion.png", "truncated.jpg",
                          "not_an_image.jpg"}
     assert "numbered in upload order" in summary and "1 flagged as out of distribution" in summary
+    assert app.BATCH_OOD_NOTE in summary and "threshold 0.500" in summary
     assert rows["lesion0.jpg"]["label"] in ("benign", "malignant") and rows["lesion0.jpg"]["error"] == ""
     ood = rows["not_a_lesion.png"]
     assert rows["lesion0.jpg"]["in_distribution"] is True and ood["in_distribution"] is False
@@ -371,6 +373,13 @@ def test_only_bad_input_is_shown_as_its_message():
     assert "broadcast" not in str(error.value)
 
 
+def test_a_cam_caption_names_its_method():
+    caption = app.cam_caption("malignant", "fused", "layercam", target_name="fused features (after ASFF), 7x7")
+    assert caption.startswith("**LayerCAM of *malignant*** (fused features (after ASFF), 7x7, layercam)")
+    assert "Grad-CAM of" not in caption
+    assert app.cam_caption("benign", "stage4", "gradcam").startswith("**Grad-CAM of *benign***")
+
+
 def test_eigencam_is_not_said_to_explain_a_class(tiny_model_dir, files):
     """EigenCAM ignores the class (the same map for every decision): the caption, the colour scale and the timing
     line say so instead of naming the decided class."""
@@ -378,6 +387,6 @@ def test_eigencam_is_not_said_to_explain_a_class(tiny_model_dir, files):
     *_, cam, caption, _, _, timing, session = handler(demo, "analyse")(str(files["lesion1.jpg"]), 0.5, False,
                                                                         "fused", "eigencam")
     assert "the same for every class" in caption and "Grad-CAM of" not in caption
-    assert "eigencam (the same for every class)" in timing and "Grad-CAM of" not in timing
+    assert "EigenCAM (the same for every class)" in timing and "Grad-CAM of" not in timing
     gradcam = handler(demo, "analyse")(str(files["lesion1.jpg"]), 0.5, False, "fused", "gradcam")
     assert cam.shape == gradcam[3].shape and not np.array_equal(cam, gradcam[3])  # its scale names no class

@@ -97,9 +97,10 @@ def test_switching_reanalyses_with_the_selected_model(demo, models_dir, image_pa
     monkeypatch.setattr(app, "explain", lambda *a, **k: calls.append((a[0], k)) or real_explain(*a, **k))
     on_model, on_threshold = handler(demo, "on_model"), handler(demo, "on_threshold")
 
-    threshold, batch_threshold, about, card, table, csv_file, summary, probs, decision, result, cam, caption, *_, \
-        session = on_model("lite0-tiny", image_path, False, "fused", "gradcam")
+    threshold, batch_threshold, about, card, table, csv_file, summary, made, probs, decision, result, cam, caption, \
+        *_, session = on_model("lite0-tiny", image_path, False, "fused", "gradcam")
     assert table["value"]["data"] == [] and csv_file is None and summary == ""  # no batch rows of the other model
+    assert made is None  # nor their settings
     timm_model, timm_processor, _ = load_classifier(models_dir / "lite0-tiny")
     expected = predict(timm_model, timm_processor, image_path, threshold=TIMM_THRESHOLD)
     assert threshold["value"] == batch_threshold["value"] == pytest.approx(TIMM_THRESHOLD)  # sliders reset
@@ -141,11 +142,17 @@ def test_predict_and_batch_use_the_selected_model(demo, image_path, tmp_path):
     assert result["model"] == "lite0-tiny" and result["backend"] == "torch" and result["threshold"] == 0.4
     _, _, default = handler(demo, "run_predict")(image_path, 0.4, False)  # no model given: the default
     assert default["model"] == "asff-tiny"
-    table, csv_path, summary = handler(demo, "run_batch")([image_path], 0.4, False, "lite0-tiny",
-                                                         progress=lambda *a, **k: None)
+    table, csv_path, summary, made = handler(demo, "run_batch")([image_path], 0.4, False, "lite0-tiny",
+                                                               progress=lambda *a, **k: None)
     with open(csv_path) as f:
         row = next(csv.DictReader(f))
     assert row["model"] == "lite0-tiny" and row["backend"] == "torch" and "`lite0-tiny`" in summary
+    # Moving the batch threshold or TTA marks the table out of date (its decisions are 0.4's); back to 0.4, it is not.
+    on_settings = handler(demo, "on_batch_settings")
+    assert on_settings(made, 0.4, False) == summary
+    for moved in (on_settings(made, 0.7, False), on_settings(made, 0.4, True)):
+        assert moved.startswith(app.BATCH_STALE) and moved.endswith(summary)
+    assert on_settings(None, 0.7, False) == gr.update()  # no table: nothing to mark
 
 
 def test_an_unknown_or_broken_model_is_a_clear_error(demo, models_dir, tmp_path, image_path):
