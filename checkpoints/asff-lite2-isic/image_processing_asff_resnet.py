@@ -42,7 +42,7 @@ def shades_of_gray(image: torch.Tensor, power: float = 6.0) -> torch.Tensor:
         illuminant = image.flatten(-2).amax(-1).to(torch.float64) / 255.0
     else:
         # The power mean from each channel's 256-bin histogram, in float64: the same sums as numpy's twin
-        # (image_processing_numpy.py), and ~5x faster than raising every pixel of a photograph to the power.
+        # (image_processing_numpy.py), and ~3x faster than raising every pixel of a photograph to the power.
         channels = image.reshape(-1, image.shape[-2] * image.shape[-1])
         counts = torch.stack([torch.bincount(channel, minlength=256) for channel in channels]).to(torch.float64)
         levels = torch.arange(256, dtype=torch.float64) / 255.0
