@@ -95,6 +95,13 @@ class ModelArguments:
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster on CPU)"})
     num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
+    weight_averaging: str | None = field(default=None, metadata={
+        "choices": ["ema", "swa"],
+        "help": "evaluate, select, save and release an average of the weights over the training steps instead of "
+                "the last step's (modeling.weight_averaging): ema, an exponential moving average (decay "
+                "--weight_averaging_decay per step), or swa, the plain mean of every step's weights"})
+    weight_averaging_decay: float = field(default=0.999, metadata={
+        "help": "--weight_averaging ema: the decay per optimizer step (0.999: about the last 1,000 steps)"})
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "stop training (evaluating and saving first) once this much time has passed; the best checkpoint "
                 "so far is then selected as usual. A safety net for fixed budgets: the schedule is not shortened"})
@@ -538,6 +545,12 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     callbacks = []
     if model_args.max_train_minutes:
         callbacks.append(TimeBudgetCallback(model_args.max_train_minutes * 60))
+    averaging = None
+    if model_args.weight_averaging:
+        from .weight_averaging import WeightAveragingCallback
+
+        averaging = WeightAveragingCallback(model_args.weight_averaging, model_args.weight_averaging_decay)
+        callbacks.append(averaging)  # after TimeBudgetCallback: it sees that callback's evaluate/save decision
     if model_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=model_args.early_stopping_patience))
     loss_func = None
@@ -625,6 +638,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
                     "metric_for_best_model"):
             settings.pop(key, None)
         settings.update(recipe_settings(recipe), evaluated_on=hardware())
+    if averaging is not None:
+        settings["weight_averaging"] = averaging.description()
     if any(isinstance(c, TimeBudgetCallback) and c.stopped for c in callbacks):
         settings["stopped_by_time_budget_min"] = model_args.max_train_minutes
     settings.update(calibration_summary(trainer.model.config, calibration))
@@ -757,6 +772,11 @@ def check_arguments(model_args: ModelArguments) -> None:
                 TorchvisionClassifierConfig(architecture=name, image_size=model_args.image_size or 224)
             except ValueError as error:  # e.g. too small an image size for the architecture
                 raise UsageError(str(error)) from error
+    if model_args.weight_averaging and model_args.skip_training:
+        raise UsageError("--weight_averaging averages the weights while training: it does nothing with "
+                         "--skip_training")
+    if model_args.weight_averaging == "ema" and not 0.0 < model_args.weight_averaging_decay < 1.0:
+        raise UsageError(f"--weight_averaging_decay must lie in (0, 1), got {model_args.weight_averaging_decay}")
     if model_args.threshold_method not in ("youden", "f1", "fixed"):
         raise UsageError(f"threshold_method must be 'youden', 'f1' or 'fixed', got {model_args.threshold_method!r}")
     if model_args.class_weighting not in ("none", "balanced"):
@@ -767,6 +787,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
     if model_args.num_threads:
         torch.set_num_threads(model_args.num_threads)
     if model_args.do_eval_only:
+        if model_args.weight_averaging:
+            raise UsageError("--weight_averaging averages the weights while training: it does nothing with "
+                             "--do_eval_only")
         return evaluate_only(model_args, data_args, args)
     check_arguments(model_args)
     if args.metric_for_best_model in (SOURCE_MEAN_METRIC, f"eval_{SOURCE_MEAN_METRIC}") and (
