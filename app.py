@@ -20,7 +20,8 @@ switching re-runs the analysis with the selected model's decision rule, and the 
 threshold. Predictions (probabilities, TTA, the batch tab) run on onnxruntime when the model directory has ONNX files
 (`--backend`, default the fastest it has, see `modeling/onnx_runtime.py`), else on PyTorch; Grad-CAM and the fusion
 weights come from PyTorch (only the layers above the backbone when the model has a float32 graph with its stage maps:
-`modeling/explain.py`), and the CAM explains the decision shown.
+`modeling/explain.py`), and the CAM explains the decision shown: by default against the other class (the margin
+between their scores; the two classes' own maps look alike), or, unticked, the decided class's score alone.
 
 How the Classify tab behaves:
 - a new image (upload, paste or example) runs one analysis (`/explain`); clearing it clears the results;
@@ -302,20 +303,26 @@ def decision_html(prediction: Prediction) -> str:
 
 
 def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | None = None,
-                    backend: str = "torch") -> dict:
+                    backend: str = "torch", cam_against: str | None = None) -> dict:
     """What the API returns besides the components: `Prediction.as_dict()` with the model's name and the backend that
-    computed the probabilities (and the class the Grad-CAM explains)."""
+    computed the probabilities (and the class the Grad-CAM explains, and the one it explains it against)."""
     data = {"model": info.name, "backend": backend, **prediction.as_dict()}
     if cam_label is not None:
         data["cam_label"] = cam_label
+    if cam_against is not None:
+        data["cam_against"] = cam_against
     return data
 
 
-def cam_caption(cam_label: str, target: str, method: str, empty: bool = False, target_name: str = "") -> str:
-    """`target_name`: the target with its grid for the model on screen (`ExplainResult.target_name`)."""
+def cam_caption(cam_label: str, target: str, method: str, empty: bool = False, target_name: str = "",
+                against: str | None = None) -> str:
+    """`target_name`: the target with its grid for the model on screen (`ExplainResult.target_name`); `against`: the
+    class the CAM explains `cam_label` against (`ExplainResult.cam_against`), if any."""
     from modeling.explain import (
         CAM_EMPTY,
+        CAM_EMPTY_AGAINST,
         CAM_HOW_TO_READ,
+        CAM_HOW_TO_READ_AGAINST,
         CAM_HOW_TO_READ_CLASS_AGNOSTIC,
         CAM_METHOD_NAMES,
         CLASS_AGNOSTIC_METHODS,
@@ -325,19 +332,30 @@ def cam_caption(cam_label: str, target: str, method: str, empty: bool = False, t
     name = CAM_METHOD_NAMES.get(method, method)
     if method in CLASS_AGNOSTIC_METHODS:
         return f"**{name}, the same for every class** {where}. " + CAM_HOW_TO_READ_CLASS_AGNOSTIC
+    if against:
+        caption = (f"**{name} of *{cam_label}* against *{against}*** {where}. "
+                   + CAM_HOW_TO_READ_AGAINST.format(label=cam_label, other=against))
+        return caption + (" " + CAM_EMPTY_AGAINST.format(label=cam_label, other=against) if empty else "")
     caption = f"**{name} of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
     return caption + (" " + CAM_EMPTY.format(label=cam_label) if empty else "")
 
 
+def result_caption(result) -> str:
+    """`cam_caption` for an `ExplainResult`."""
+    return cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty, result.target_name,
+                       result.cam_against)
+
+
 def cam_subject(result) -> str:
-    """What the CAM on screen explains: 'Grad-CAM of *malignant*' (or 'LayerCAM of ...': the method's name), or the
-    method alone for one that ignores the class."""
+    """What the CAM on screen explains: 'Grad-CAM of *malignant*' (or 'LayerCAM of ...': the method's name; '... against
+    *benign*' for the margin), or the method alone for one that ignores the class."""
     from modeling.explain import CAM_METHOD_NAMES, CLASS_AGNOSTIC_METHODS
 
     name = CAM_METHOD_NAMES.get(result.method, result.method)
     if result.method in CLASS_AGNOSTIC_METHODS:
         return f"{name} (the same for every class)"
-    return f"{name} of *{result.cam_label}*"
+    against = f" against *{result.cam_against}*" if result.cam_against else ""
+    return f"{name} of *{result.cam_label}*{against}"
 
 
 def cam_image(result) -> np.ndarray:
@@ -548,9 +566,9 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         return (
             (prediction.label, prediction.probabilities),
             decision_html(prediction),
-            prediction_json(prediction, served.info, result.cam_label, served.backend_name),
+            prediction_json(prediction, served.info, result.cam_label, served.backend_name, result.cam_against),
             cam_image(result),
-            cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty, result.target_name),
+            result_caption(result),
             result.fusion_figure,
             " ".join(filter(None, [result.fusion_message, FUSION_HOW_TO_READ.get(served.info.fusion_mode or "")])),
             timing,
@@ -558,9 +576,10 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         )
 
     @_user_errors
-    def analyse(image_path, threshold, tta, target, method, model_choice=None):
+    def analyse(image_path, threshold, tta, target, method, model_choice=None, contrast=True):
         """Calibrated probabilities, the decision at `threshold`, the out-of-distribution flag and score (and, with
-        TTA, the spread over 8 views), a Grad-CAM of the decided class and the fusion-weight view."""
+        TTA, the spread over 8 views), a Grad-CAM of the decided class (`contrast`: against the other class) and the
+        fusion-weight view."""
         if image_path is None:
             raise gr.Error(NO_IMAGE, print_exception=False)
         served = with_torch(model_choice)
@@ -569,14 +588,15 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         if served.backend is None or served.cam_backend is served.backend:
             # One pass serves the prediction and the CAM (TTA: 8 views first), on torch or the float32 graph
             result = explain(served.model, served.processor, image, target=target, method=method,
-                             threshold=threshold, tta=bool(tta), backend=served.cam_backend)
+                             threshold=threshold, tta=bool(tta), backend=served.cam_backend, contrast=bool(contrast))
         else:  # another graph predicts (int8; TTA included); the CAM explains its decision
             start = time.perf_counter()
             prediction = served.predict(image, bool(tta), threshold)
             predicted_ms = (time.perf_counter() - start) * 1000
             label2id = {label: index for index, label in served.info.id2label.items()}
             result = explain(served.model, served.processor, image, target=target, method=method,
-                             threshold=threshold, cam_class=label2id[prediction.label], backend=served.cam_backend)
+                             threshold=threshold, cam_class=label2id[prediction.label], backend=served.cam_backend,
+                             contrast=bool(contrast))
             result = dataclasses.replace(result, prediction=prediction)
         parts = ", ".join(f"{k} {v:.0f}" for k, v in result.timing_ms.items() if k != "total")
         total = result.timing_ms["total"]
@@ -586,14 +606,16 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         views = f", {result.prediction.views} TTA views" if tta else ""
         timing = f"Inference time: **{total:.0f} ms** ({parts} ms{views}); {cam_subject(result)}"
         session = {"image": image_path, "prediction": result.prediction, "cam_label": result.cam_label,
-                   "target": result.target, "method": result.method, "model": served.info.name}
+                   "target": result.target, "method": result.method, "model": served.info.name,
+                   "contrast": bool(contrast), "cam_against": result.cam_against}
         return analysis_outputs(served, result.prediction, result, timing, session)
 
-    def reanalyse(image_path, threshold, tta, target, method, model_choice=None):
-        """TTA, CAM target or method changed: analyse again if there is an image (else there are no results)."""
+    def reanalyse(image_path, threshold, tta, target, method, model_choice=None, contrast=True):
+        """TTA, CAM target, method or contrast changed: analyse again if there is an image (else there are no
+        results)."""
         if image_path is None:
             return cleared(model_choice)
-        return analyse(image_path, threshold, tta, target, method, model_choice)
+        return analyse(image_path, threshold, tta, target, method, model_choice, contrast)
 
     @_user_errors
     def on_threshold(session, threshold):
@@ -611,16 +633,16 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             start = time.perf_counter()
             result = explain(served.model, served.processor, session["image"], target=session["target"],
                              method=session["method"], threshold=threshold, cam_class=label2id[prediction.label],
-                             backend=served.cam_backend)
+                             backend=served.cam_backend, contrast=session.get("contrast", True))
             elapsed = (time.perf_counter() - start) * 1000
-            session["cam_label"] = result.cam_label
+            session["cam_label"], session["cam_against"] = result.cam_label, result.cam_against
             cam = cam_image(result)
-            caption = cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty,
-                                  result.target_name)
+            caption = result_caption(result)
             timing = (f"{cam_subject(result)}, recomputed in **{elapsed:.0f} ms** (the decision changed with the "
                       "threshold; the probabilities are the cached ones)")
         return ((prediction.label, prediction.probabilities), decision_html(prediction),
-                prediction_json(prediction, served.info, session["cam_label"], served.backend_name), cam, caption,
+                prediction_json(prediction, served.info, session["cam_label"], served.backend_name,
+                                session.get("cam_against")), cam, caption,
                 timing, session)
 
     def cleared(model_choice=None):
@@ -699,7 +721,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         return registry.peek(model_choice).info.decision_threshold
 
     @_user_errors
-    def on_model(model_choice, image_path, tta, target, method):
+    def on_model(model_choice, image_path, tta, target, method, contrast=True):
         """Another model: its thresholds on both sliders, its About text, no batch results (they were the other
         model's), and the analysis of the image on screen re-run with it (decision, threshold, CAM all from the
         selected model)."""
@@ -711,7 +733,8 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                            headers=table_columns(served.info)), None, "", None)
         if image_path is None:
             return (*sliders, *about, *batch, *cleared(model_choice))
-        return (*sliders, *about, *batch, *analyse(image_path, threshold_value, tta, target, method, model_choice))
+        return (*sliders, *about, *batch, *analyse(image_path, threshold_value, tta, target, method, model_choice,
+                                                   contrast))
 
     default = registry.peek(None)
     with gr.Blocks(title="ASFF skin-lesion classifier (research demo)", analytics_enabled=False) as demo:
@@ -737,6 +760,10 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                         target = gr.Radio([(v, k) for k, v in CAM_TARGETS.items()], value="fused",
                                           label="Grad-CAM target layer")
                         method = gr.Dropdown(list(CAM_METHODS), value="gradcam", label="CAM method")
+                    # The margin: with one head over shared features, the two classes' own maps look alike.
+                    contrast = gr.Checkbox(True, label="CAM against the other class (what favoured the decided class "
+                                                       "over the other; off: what raised its score alone)",
+                                           elem_id="contrast")
                     analyse_button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 with gr.Column():
                     decision = gr.HTML(elem_id="decision", css_template=DECISION_CSS, js_on_load=None,
@@ -780,7 +807,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             about = gr.Markdown(default.about(), elem_id="about-model")
             card = gr.Markdown(info.card_text or NO_CARD, elem_id="model-card")
 
-        inputs = [image, threshold, tta, target, method, model_choice]
+        inputs = [image, threshold, tta, target, method, model_choice, contrast]
         outputs = [probs, decision, result_json, cam, caption, fusion_plot, fusion_text, timing, session]
         threshold_outputs = [probs, decision, result_json, cam, caption, timing, session]
 
@@ -795,7 +822,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         # One analysis per new image: `.upload` (not `.change`, which also fires on clear and on programmatic
         # updates such as clearing after a failure).
         after_analysis(gr.on([image.upload, analyse_button.click], analyse, inputs, outputs, api_name="explain"))
-        after_analysis(gr.on([tta.input, target.input, method.input], reanalyse, inputs, outputs,
+        after_analysis(gr.on([tta.input, target.input, method.input, contrast.input], reanalyse, inputs, outputs,
                              api_visibility="private"))
         if example_set is not None:
             pick = example_set.click(lambda index: str(examples[index]), example_set, image, api_visibility="private",
@@ -811,7 +838,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                          trigger_mode="always_last", show_progress="minimal")
         # `.input`: the user picked a model (not a programmatic change). A model that fails to load shows its error
         # and leaves the image and results as they were.
-        model_choice.input(on_model, [model_choice, image, tta, target, method],
+        model_choice.input(on_model, [model_choice, image, tta, target, method, contrast],
                            [threshold, batch_threshold, about, card, table, csv_file, batch_summary, batch_made,
                             *outputs],
                            api_visibility="private").success(

@@ -322,11 +322,13 @@ def frame_shares(
     target: str = "fused",
     n_resamples: int = 1000,
     worst: int = WORST,
+    contrast: bool = False,
 ) -> FrameShareResult:
     """The CAM frame share of every image (or of a seeded sample of `limit`, stratified by source and label), each
     for its true class (`labels`: the model's class ids), summarised pooled and, with several `sources`, per source.
     `images`: image sources, or a `datasets.Dataset` split with `image` and `label` (and `path`, `source`) columns,
-    decoded a batch at a time. Keeps the `worst` images (highest share) for the figure."""
+    decoded a batch at a time. Keeps the `worst` images (highest share) for the figure. `contrast`: each true class
+    against the other(s) (`explain.ClassMarginTarget`, what the app shows by default) instead of its logit alone."""
     images, labels, ids, sources, n_total = labelled_sample(
         images, labels, ids, sources, limit, seed,
         missing_labels="frame_shares needs the true labels (the CAM explains each image's true class)")
@@ -345,7 +347,7 @@ def frame_shares(
         for start in range(0, len(labels), batch_size):
             stop = min(start + batch_size, len(labels))
             inputs = processor(images=_batches(images, start, stop), return_tensors="pt")["pixel_values"].float()
-            cams, logits = raw_grad_cams(model, inputs, labels[start:stop], target)
+            cams, logits = raw_grad_cams(model, inputs, labels[start:stop], target, contrast=contrast)
             grid = grid or cam_grid(model, inputs, target)
             size = cams.shape[1:]
             probs[start:stop] = calibrated_probabilities(logits, temperature(model.config)).numpy()
@@ -374,7 +376,7 @@ def frame_shares(
         "definition": DEFINITION,
         "target": target,
         "method": "gradcam",
-        "cam_class": "true label",
+        "cam_class": "true label against the other class(es) (logit margin)" if contrast else "true label",
         "frame": FRAME,
         "input_size": None if size is None else list(size),
         "frame_px": None if size is None else [round(size[0] * FRAME), round(size[1] * FRAME)],
@@ -518,6 +520,9 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     parser.add_argument("--target", default="fused", help="CAM target layer: fused, stage4 or stage3")
+    parser.add_argument("--contrast", action="store_true",
+                        help="explain each true class against the other(s) (the logit margin, as the app shows by "
+                             "default) instead of its logit alone")
     args = parser.parse_args(argv)
     out = output_dir(parser, args)
 
@@ -526,8 +531,9 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor, split, labels, ids, sources = evaluation_split(parser, args)
     result = frame_shares(model, processor, split, labels, ids=ids,
                           limit=args.limit, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
-                          target=args.target)
-    title = f"{Path(args.model_dir).name} on {' + '.join(sources)} ({args.split})"
+                          target=args.target, contrast=args.contrast)
+    title = (f"{Path(args.model_dir).name} on {' + '.join(sources)} ({args.split})"
+             + (", true class against the other" if args.contrast else ""))
     write_frame_share(out, result, title)
     print(frame_share_markdown(result.summary, None))
     print(f"\nwritten: {out / JSON_FILE}" + (f", {out / FIGURE_FILE}" if result.worst else ""),

@@ -277,7 +277,9 @@ def test_threshold_change_uses_the_cached_result_and_refreshes_the_cam_on_a_flip
     assert result["label"] != session["prediction"].label == session["cam_label"]
     assert probs == (result["label"], session["prediction"].probabilities)  # the cached probabilities
     assert flipped["cam_label"] == result["cam_label"] == result["label"]
-    assert f"Grad-CAM of *{result['label']}*" in caption and f"Grad-CAM of *{result['label']}*, recomputed" in timing
+    against = f" against *{session['cam_label']}*"  # the default: the new class against the one before
+    assert f"Grad-CAM of *{result['label']}*{against}" in caption
+    assert f"Grad-CAM of *{result['label']}*{against}, recomputed" in timing
     assert isinstance(cam, np.ndarray) and "no CAM" not in timing
 
     *_, unchanged = on_threshold(flipped, flipped_threshold)  # the same threshold again: nothing to do
@@ -378,6 +380,33 @@ def test_a_cam_caption_names_its_method():
     assert caption.startswith("**LayerCAM of *malignant*** (fused features (after ASFF), 7x7, layercam)")
     assert "Grad-CAM of" not in caption
     assert app.cam_caption("benign", "stage4", "gradcam").startswith("**Grad-CAM of *benign***")
+
+
+def test_a_contrast_cam_caption_names_both_classes_and_says_what_the_colours_mean():
+    caption = app.cam_caption("malignant", "fused", "gradcam", against="benign")
+    assert caption.startswith("**Grad-CAM of *malignant* against *benign***")
+    assert "favoured **malignant** over **benign**" in caption and "This map is empty" not in caption
+    empty = app.cam_caption("malignant", "fused", "gradcam", empty=True, against="benign")
+    assert "no region favoured **malignant** over **benign**" in empty
+    assert "against" not in app.cam_caption("malignant", "fused", "eigencam", against="benign")  # ignores classes
+
+
+def test_the_cam_is_against_the_other_class_by_default_and_on_a_threshold_flip(loaded, files):
+    """The Classify tab's default: the margin, named in the caption, the timing line and the JSON; unticked, the
+    decided class's own score; a threshold flip recomputes it with the same setting."""
+    demo = app.build_demo(*loaded)
+    analyse, on_threshold = handler(demo, "analyse"), handler(demo, "on_threshold")
+    probs, decision, result, cam, caption, plot, fusion, timing, session = analyse(
+        str(files["lesion0.jpg"]), 0.5, False, "fused", "gradcam")
+    label = result["label"]
+    other = next(name for name in ("benign", "malignant") if name != label)
+    assert result["cam_against"] == other and session["contrast"] is True
+    assert f"Grad-CAM of *{label}* against *{other}*" in caption and f"against *{other}*" in timing
+    *_, flipped = on_threshold(session, 1.0 if label == "malignant" else 0.0)
+    assert flipped["cam_label"] == other and flipped["cam_against"] == label
+    _, _, plain, _, plain_caption, *_ = analyse(str(files["lesion0.jpg"]), 0.5, False, "fused", "gradcam", None,
+                                                False)
+    assert "cam_against" not in plain and "against" not in plain_caption.split(".")[0]
 
 
 def test_eigencam_is_not_said_to_explain_a_class(tiny_model_dir, files):

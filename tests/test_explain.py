@@ -11,7 +11,13 @@ from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from modeling.explain import CAM_METHODS, CAM_TARGETS, cam_target_layer, explain
+from modeling.explain import (
+    CAM_METHODS,
+    CAM_TARGETS,
+    ClassMarginTarget,
+    cam_target_layer,
+    explain,
+)
 from modeling.image_processing import build_image_processor
 from modeling.image_utils import ImageLoadError
 from modeling.inference import LogitsOnly, load_classifier, pixel_values, predict
@@ -139,6 +145,33 @@ def test_cam_explains_the_requested_class(loaded, image):
     assert not np.allclose(benign.cam, forced.cam)
     tta = explain(model, processor, image, threshold=1.01, tta=True, cam_class=1)
     assert tta.cam_label == "malignant" and tta.label == "benign"
+
+
+def test_the_margin_target_is_one_class_against_the_strongest_other():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 4.0]])
+    torch.testing.assert_close(ClassMarginTarget(0)(logits), torch.tensor([1.5, -4.0]))
+    torch.testing.assert_close(ClassMarginTarget(2)(logits[1]), torch.tensor(1.0))  # one image, as grad-cam calls it
+
+
+@pytest.mark.parametrize("target", ["fused", "stage3"])
+def test_a_contrast_cam_is_grad_cam_of_the_margin(loaded, image, target):
+    """explain(contrast=True): pytorch-grad-cam's own GradCAM (trainable copy, full backward) of the decided class's
+    logit minus the other's, named with the class it is against; the decided class or one asked for."""
+    model, processor, _ = loaded["channel"]
+    result = explain(model, processor, image, target=target, contrast=True)
+    decided = model.config.label2id[result.label]
+    other = model.config.id2label[1 - decided]
+    assert result.cam_label == result.label and result.cam_against == other
+    trainable = type(model)(model.config).eval()
+    trainable.load_state_dict(model.state_dict())
+    with GradCAM(LogitsOnly(trainable), [cam_target_layer(trainable, target)[0]]) as cam:
+        expected = cam(input_tensor=pixel_values(processor, image),
+                       targets=[lambda out: out[..., decided] - out[..., 1 - decided]])[0]
+    np.testing.assert_allclose(result.cam, expected, atol=1e-4)
+    assert explain(model, processor, image, target=target).cam_against is None  # the plain logit names no other
+    forced = explain(model, processor, image, target=target, cam_class=1 - decided, contrast=True)
+    assert forced.cam_label == other and forced.cam_against == result.label
+    assert explain(model, processor, image, method="eigencam", contrast=True).cam_against is None  # ignores classes
 
 
 def test_fusion_messages():

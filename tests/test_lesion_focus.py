@@ -84,15 +84,18 @@ def _inputs(processor, n: int = 4) -> torch.Tensor:
     return processor(images=images, return_tensors="pt")["pixel_values"]
 
 
-def _reference_cams(model, inputs: torch.Tensor, classes: list[int]) -> np.ndarray:
+def _reference_cams(model, inputs: torch.Tensor, classes: list[int], contrast: bool = False) -> np.ndarray:
     """Grad-CAM by hand: ReLU(sum over channels of the spatially averaged gradient x activation) at the fused map,
-    upsampled bilinearly (half-pixel centres, as cv2 does), never rescaled."""
+    upsampled bilinearly (half-pixel centres, as cv2 does), never rescaled. `contrast`: of the logit margin, each
+    class's logit minus the other's (two classes)."""
     layer, _ = cam_target_layer(model, "fused")
     saved = {}
     handle = layer.register_forward_hook(lambda module, args, output: saved.setdefault("map", output))
     try:
         logits = model(pixel_values=inputs).logits
-        gradients, = torch.autograd.grad(logits[torch.arange(len(classes)), classes].sum(), saved["map"])
+        rows, classes = torch.arange(len(classes)), torch.as_tensor(classes)
+        score = logits[rows, classes] - (logits[rows, 1 - classes] if contrast else 0)
+        gradients, = torch.autograd.grad(score.sum(), saved["map"])
     finally:
         handle.remove()
     weights = gradients.mean(dim=(2, 3), keepdim=True)
@@ -113,6 +116,27 @@ def test_raw_grad_cams_equal_a_hand_computed_grad_cam_without_rescaling(tiny):
     for cam, reference in zip(cams, expected, strict=True):
         if reference.sum() > 0:
             assert cam_frame_share(cam) == pytest.approx(cam_frame_share(reference), abs=1e-5)
+
+
+def test_raw_contrast_cams_are_grad_cams_of_the_margin_and_frame_shares_say_so(tiny):
+    """contrast=True (what the app shows): each class's logit minus the other's; the two classes' margin maps then
+    differ from their plain ones, and the frame-share summary names the margin as what it measured."""
+    model, processor = tiny
+    inputs = _inputs(processor)
+    classes = [0, 1, 1, 0]
+    cams, _ = raw_grad_cams(model, inputs, classes, contrast=True)
+    expected = _reference_cams(model, inputs, classes, contrast=True)
+    assert expected.max() > 0 and not np.allclose(expected, _reference_cams(model, inputs, classes))
+    np.testing.assert_allclose(cams, expected, rtol=1e-4, atol=1e-6 * expected.max())
+    from helpers import lesion_image
+
+    rng = np.random.default_rng(2)
+    images = [lesion_image(i % 2, rng, size=40) for i in range(4)]
+    summary = frame_shares(model, processor, images, [0, 1, 0, 1], progress=False, n_resamples=20,
+                           contrast=True).summary
+    assert summary["cam_class"].startswith("true label against the other")
+    assert frame_shares(model, processor, images, [0, 1, 0, 1], progress=False,
+                        n_resamples=20).summary["cam_class"] == "true label"
 
 
 def test_raw_cams_scale_with_the_logits_and_the_model_is_left_as_it_was(tiny):
