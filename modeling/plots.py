@@ -35,7 +35,8 @@ def fusion_message(fusion_mode: str | None, weights: np.ndarray | None) -> str:
         # is where the weight goes.
         top = int(np.argmax(weights))
         return (f"Channel fusion: each of the {weights.size} channels mixes stage3 (weight w) and stage4 (1 - w); the "
-                f"weights w of all channels sum to 1 (the paper's softmax over channels). Channel {top} takes the most, w = {float(weights[top]):.3f}; "
+                "weights w of all channels sum to 1 (the paper's softmax over channels). Channel "
+                f"{top} takes the most, w = {float(weights[top]):.3f}; "
                 f"{int((weights > 0.5).sum())} channel(s) are mostly stage3, the rest mostly stage4.")
     alpha = weights[0]
     return (f"Spatial fusion: at every position the map mixes stage3 (weight alpha) and stage4 (1 - alpha); here alpha "

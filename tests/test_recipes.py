@@ -110,3 +110,23 @@ def test_input_size_probe_prints_one_validation_row_per_size(tiny_model_dir, tmp
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and " px |" in line]
     assert [row.split(" |")[0] for row in rows] == ["| 32 px", "| 40 px"]
     assert all(0 <= float(cell) <= 1 for row in rows for cell in row.strip("|").split("|")[1:])
+
+
+def test_cam_class_overlap_correlates_each_images_two_class_maps(tiny_model_dir, tmp_path):
+    """recipes/cam_class_overlap.py (RESULTS.md: the CAM against the other class) on generated images: both targets
+    summarised over the validation sample, an empty map counted apart."""
+    import importlib.util
+
+    from helpers import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", {"train": 20, "test": 2}, size=48)
+    spec = importlib.util.spec_from_file_location("cam_class_overlap", ROOT / "recipes" / "cam_class_overlap.py")
+    overlap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overlap)
+    summary = overlap.main([str(tiny_model_dir), "--dataset", str(data), "--limit", "4",
+                            "--out", str(tmp_path / "overlap.json")])
+    assert summary["images"] == 4 and json.loads((tmp_path / "overlap.json").read_text()) == summary
+    for name in ("own_logit", "margin"):
+        part = summary[name]
+        assert 0 <= part["images_with_an_empty_map"] <= 4
+        assert part["images_with_an_empty_map"] == 4 or -1 <= part["median"] <= 1
