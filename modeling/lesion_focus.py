@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
                           limit=args.limit, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                           target=args.target, contrast=args.contrast)
     title = (f"{Path(args.model_dir).name} on {' + '.join(sources)} ({args.split})"
-             + (", true class against the other" if args.contrast else ""))
+             + ("\ntrue class against the other (margin)" if args.contrast else ""))
     write_frame_share(out, result, title)
     print(frame_share_markdown(result.summary, None))
     print(f"\nwritten: {out / JSON_FILE}" + (f", {out / FIGURE_FILE}" if result.worst else ""),
