@@ -5,6 +5,7 @@ the run releases. The averaging itself is torch's (`torch.optim.swa_utils.Averag
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -13,6 +14,9 @@ from transformers import TrainerCallback
 logger = logging.getLogger(__name__)
 
 WEIGHT_AVERAGING_METHODS = ("ema", "swa")
+# Beside each Trainer checkpoint (whose model file holds the average): the average's state and the live weights, so
+# that --resume_from_checkpoint goes on training the live weights and extending the same average.
+STATE_FILE = "weight_averaging.pt"
 
 
 class WeightAveragingCallback(TrainerCallback):
@@ -26,8 +30,9 @@ class WeightAveragingCallback(TrainerCallback):
     never steps on averaged weights. At the end of training the model holds the averaged weights, unless
     `load_best_model_at_end` has just loaded the best checkpoint (which holds averaged weights too).
 
-    Not carried across `--resume_from_checkpoint`: a resumed run starts a new average from the checkpoint's
-    (averaged) weights."""
+    Each checkpoint also gets `weight_averaging.pt` (the average's state and the live weights): a run resumed from it
+    (`--resume_from_checkpoint`) trains on from the live weights and extends the same average, as if uninterrupted. A
+    checkpoint without it (saved without averaging) starts a new average from its weights, with a warning."""
 
     def __init__(self, method: str = "ema", decay: float = 0.999):
         if method not in WEIGHT_AVERAGING_METHODS:
@@ -44,6 +49,27 @@ class WeightAveragingCallback(TrainerCallback):
         multi_avg_fn = get_ema_multi_avg_fn(self.decay) if self.method == "ema" else None  # None: the plain mean
         self.averaged = AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=True)
         self._live = None
+        if state.global_step > 0:  # resumed: the Trainer has loaded checkpoint-<step>, which holds the average
+            self._resume(Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and args.should_save:
+            live = self._live if self._live is not None else self._model.state_dict()
+            torch.save({"method": self.method, "decay": self.decay, "averaged": self.averaged.state_dict(),
+                        "live": {name: tensor.detach().cpu() for name, tensor in live.items()}}, folder / STATE_FILE)
+
+    def _resume(self, path: Path) -> None:
+        if not path.is_file():
+            logger.warning("%s not found: the weight average starts again from the checkpoint's weights", path)
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if (saved["method"], saved["decay"]) != (self.method, self.decay):
+            logger.warning("the checkpoint averaged with %s (decay %s), this run with %s (decay %s): the average "
+                           "starts again", saved["method"], saved["decay"], self.method, self.decay)
+            return
+        self.averaged.load_state_dict(saved["averaged"])
+        self._copy(saved["live"], self._model)  # train on from the live weights, not the average
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._restore_live()

@@ -41,11 +41,12 @@ def tiny_data(n: int = 16, size: int = 32) -> list[dict]:
     return [{"pixel_values": torch.randn(3, size, size, generator=generator), "labels": i % 2} for i in range(n)]
 
 
-def train(tmp_path, method: str, decay: float = 0.5, load_best: bool = False):
+def train(tmp_path, method: str, decay: float = 0.5, load_best: bool = False, resume: str | None = None,
+          epochs: int = 1):
     torch.manual_seed(0)
     model = AsffResNetForImageClassification(tiny_config())
     averaging, recorder = WeightAveragingCallback(method, decay), Recorder()
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=1,
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=epochs,
                              learning_rate=0.05, lr_scheduler_type="constant", eval_strategy="steps", eval_steps=1,
                              save_strategy="steps", save_steps=1, report_to="none", disable_tqdm=True,
                              load_best_model_at_end=load_best, metric_for_best_model="loss", greater_is_better=False,
@@ -54,7 +55,7 @@ def train(tmp_path, method: str, decay: float = 0.5, load_best: bool = False):
     # the recorder runs after the averaging callback, so at step begin it sees what the optimizer will step on
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data[:8],
                       callbacks=[averaging, recorder])
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return trainer, recorder
 
 
@@ -100,6 +101,19 @@ def test_checkpoints_hold_the_average_and_the_best_is_loaded(tmp_path):
     best = load_file(str(tmp_path / trainer.state.best_model_checkpoint.split("/")[-1] / "model.safetensors"))
     assert_same(float_state(trainer.model), {k: v for k, v in best.items() if v.is_floating_point()},
                 "the best checkpoint")
+
+
+@pytest.mark.parametrize("method", ["swa", "ema"])
+def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path, method):
+    """Each checkpoint keeps the average's state and the live weights: resuming from the middle of a run goes on
+    from the live weights and extends the same average, so it ends with the same weights as the run that was not
+    interrupted (without them it would train on the average, and start a new one)."""
+    whole, _ = train(tmp_path / "whole", method, epochs=2)
+    partial = tmp_path / "partial"
+    train(partial, method, epochs=2)
+    resumed, recorder = train(partial, method, epochs=2, resume=str(partial / "checkpoint-3"))
+    assert len(recorder.after_step) == 5  # steps 4 to 8
+    assert_same(float_state(resumed.model), float_state(whole.model), "resumed run")
 
 
 def test_train_hf_records_the_averaging(image_folder, tmp_path):
