@@ -25,9 +25,9 @@ class WeightAveragingCallback(TrainerCallback):
     the plain mean of every step's weights since training began (stochastic weight averaging, Izmailov et al. 2018,
     at whatever learning-rate schedule the run uses).
 
-    Whenever the Trainer is about to log, evaluate or save (after `on_step_end` / `on_epoch_end`), the averaged
-    weights are copied into the model; the live weights come back at the next `on_step_begin`, so the optimizer
-    never steps on averaged weights. At the end of training the model holds the averaged weights, unless
+    Whenever the Trainer is about to evaluate or save (after `on_step_end` / `on_epoch_end`), or training stops, the
+    averaged weights are copied into the model; the live weights come back at the next `on_step_begin`, so the
+    optimizer never steps on averaged weights. At the end of training the model holds the averaged weights, unless
     `load_best_model_at_end` has just loaded the best checkpoint (which holds averaged weights too).
 
     Each checkpoint also gets `weight_averaging.pt` (the average's state and the live weights): a run resumed from it
