@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,18 @@ def test_config_defaults_and_round_trip():
     with pytest.raises(ValueError, match="two stages"):
         AsffResNetConfig(backbone_config={"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 24, 32],
                                           "out_features": ["stage4"]})
+
+
+def test_committed_checkpoints_ship_the_current_remote_code():
+    """`trust_remote_code` users of a committed checkpoint run the library's code, not an older copy of it."""
+    root = Path(__file__).resolve().parents[1]
+    shipped = sorted((root / "checkpoints").glob("*/*.py"))
+    if not shipped:
+        pytest.skip("no committed checkpoints")
+    for path in shipped:
+        twin = root / "modeling" / path.name
+        assert twin.is_file(), f"{path} has no counterpart in modeling/"
+        assert path.read_bytes() == twin.read_bytes(), f"{path} differs from {twin}"
 
 
 def test_save_and_load_round_trip(tmp_path, fusion_mode):

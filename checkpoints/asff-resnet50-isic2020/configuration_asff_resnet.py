@@ -74,6 +74,12 @@ class AsffResNetConfig(PreTrainedConfig):
         global averages of both fused stages (wider, and closer to the backbone's generic features: for a small
         ImageNet-initialised backbone it flags more non-dermoscopic images at the same pass rate; measured in
         RESULTS.md).
+    lesion_focus_loss_coefficient (`float`, *optional*, defaults to 0.0):
+        Training only: weight of a loss term, added to the cross-entropy when the forward pass is given
+        `lesion_masks`, that is the share of the true class's Grad-CAM evidence at the fused map (the CAM the report
+        measures, before its ReLU, in absolute value) outside the lesion mask grown by one cell. 0: off. It asks the
+        model to base its evidence on the lesion rather than on the skin and the frame around it ("right for the
+        right reasons", Ross et al. 2017).
     """
 
     model_type = "asff_resnet"
@@ -96,6 +102,7 @@ class AsffResNetConfig(PreTrainedConfig):
     ood_threshold: float | None = None
     ood_pass_rate: float = 0.95
     ood_feature: str = "pooled"
+    lesion_focus_loss_coefficient: float = 0.0
 
     def __post_init__(self, **kwargs):
         timm_name = kwargs.pop("backbone", None)
@@ -135,6 +142,8 @@ class AsffResNetConfig(PreTrainedConfig):
             raise ValueError(f"ood_method={self.ood_method!r} is not one of {', '.join(OOD_METHODS)} (or None)")
         if self.ood_feature not in OOD_FEATURES:
             raise ValueError(f"ood_feature={self.ood_feature!r} is not one of {', '.join(OOD_FEATURES)}")
+        if not self.lesion_focus_loss_coefficient >= 0:
+            raise ValueError(f"lesion_focus_loss_coefficient must be >= 0, got {self.lesion_focus_loss_coefficient}")
         if not 0.0 < self.ood_pass_rate < 1.0:
             raise ValueError(f"ood_pass_rate must be in (0, 1), got {self.ood_pass_rate}")
 
