@@ -199,6 +199,32 @@ def raw_upload(component: gr.Image) -> gr.Image:
     return component
 
 
+def threshold_problem(value: Any, minimum: float = 0.0, maximum: float = 1.0) -> str | None:
+    """What is wrong with a threshold typed into a slider's number box (None when it is usable)."""
+    if value is None or value == "":
+        return "The decision threshold box is empty"
+    if not minimum <= float(value) <= maximum:
+        return f"The decision threshold must be between {minimum:g} and {maximum:g}; {float(value):g} was typed"
+    return None
+
+
+def bounded_threshold(component: gr.Slider) -> gr.Slider:
+    """An out-of-range threshold given to an analysis (the API, or Analyse clicked before the box was left) fails with
+    a message that names the setting and what was typed, without a server traceback (Gradio's own check says "Value
+    1.5 is greater than maximum value 1.0." and logs a stack trace for a typo). The sliders' `.change` events take
+    the raw value instead (`preprocess=False`) and put the slider back: see `on_threshold_moved`."""
+    check = component.preprocess
+
+    def preprocess(payload):
+        problem = threshold_problem(payload, component.minimum, component.maximum) if payload is not None else None
+        if problem:
+            raise gr.Error(f"{problem}.", title="Threshold out of range", print_exception=False)
+        return check(payload)
+
+    component.preprocess = preprocess
+    return component
+
+
 def decision_label(component: gr.Label) -> gr.Label:
     """Lets the handler return `(label, {class: probability})`, so that the Label's `label` (what the API returns)
     is the thresholded decision rather than the most probable class."""
@@ -645,6 +671,17 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                                 session.get("cam_against")), cam, caption,
                 timing, session)
 
+    def on_threshold_moved(session, threshold, model_choice):
+        """The threshold slider's `.change`, with the raw value: one typed out of range into the number box puts the
+        slider back at the threshold the decision on screen uses, with a warning, rather than failing the event (a
+        failed event badges every result on screen with "Error")."""
+        problem = threshold_problem(threshold)
+        if problem:
+            valid = session["prediction"].threshold if session else model_threshold(model_choice)
+            gr.Warning(f"{problem}: it is back at {valid:.3g}.", title="Threshold out of range")
+            return (*on_threshold(session, valid), valid)
+        return (*on_threshold(session, float(threshold)), gr.skip())
+
     def cleared(model_choice=None):
         """Empty results and session (when the image is removed)."""
         served = registry.peek(model_choice)
@@ -704,14 +741,20 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             summary += f" {BATCH_NAMES_NOTE}"
         return table, str(csv_path), summary, {"threshold": threshold, "tta": bool(tta), "summary": summary}
 
-    def on_batch_settings(made, threshold, tta):
+    def on_batch_settings(made, threshold, tta, model_choice=None):
         """The batch summary, marked out of date while the threshold or TTA setting differs from the one the table was
-        made with (its decisions are that threshold's); unchanged when there is no table."""
+        made with (its decisions are that threshold's); unchanged when there is no table. Takes the raw threshold: one
+        typed out of range goes back to the table's threshold (else the model's), with a warning."""
+        problem = threshold_problem(threshold)
+        if problem:
+            valid = made["threshold"] if made else model_threshold(model_choice)
+            gr.Warning(f"{problem}: it is back at {valid:.3g}.", title="Threshold out of range")
+            return gr.update(), valid
         if not made:
-            return gr.update()
-        if abs(made["threshold"] - threshold) < 1e-12 and made["tta"] == bool(tta):
-            return made["summary"]
-        return f"{BATCH_STALE} {made['summary']}"
+            return gr.update(), gr.skip()
+        if abs(made["threshold"] - float(threshold)) < 1e-12 and made["tta"] == bool(tta):
+            return made["summary"], gr.skip()
+        return f"{BATCH_STALE} {made['summary']}", gr.skip()
 
     def threshold_label(served: ServedModel) -> str:
         return f"Decision threshold on p({served.info.id2label.get(1, 'class 1')})"
@@ -750,9 +793,10 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                                                 height=300, elem_id="lesion-image"))
                     # Gradio's own reset button goes back to the value the page loaded with, not the selected
                     # model's threshold: hidden, and a button of ours resets to the model's.
-                    threshold = gr.Slider(0.0, 1.0, value=info.decision_threshold, step=0.01, elem_id="threshold",
-                                          label=threshold_label(default), buttons=[],
-                                          info="Default: the threshold chosen on validation (model config), else 0.5")
+                    threshold = bounded_threshold(gr.Slider(
+                        0.0, 1.0, value=info.decision_threshold, step=0.01, elem_id="threshold",
+                        label=threshold_label(default), buttons=[],
+                        info="Default: the threshold chosen on validation (model config), else 0.5"))
                     reset_threshold = gr.Button("↺ The model's threshold", size="sm", elem_id="reset-threshold")
                     tta = gr.Checkbox(False, label="Test-time augmentation (8 flips/rotations, averaged; shows the "
                                                    "spread)", elem_id="tta")
@@ -786,8 +830,9 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             files = gr.File(file_count="multiple", label="Images", type="filepath", elem_id="batch-files")
             with gr.Row():
                 with gr.Column(min_width=240):
-                    batch_threshold = gr.Slider(0.0, 1.0, value=info.decision_threshold, step=0.01, buttons=[],
-                                                label=threshold_label(default), elem_id="batch-threshold")
+                    batch_threshold = bounded_threshold(gr.Slider(
+                        0.0, 1.0, value=info.decision_threshold, step=0.01, buttons=[],
+                        label=threshold_label(default), elem_id="batch-threshold"))
                     reset_batch_threshold = gr.Button("↺ The model's threshold", size="sm",
                                                       elem_id="reset-batch-threshold")
                 batch_tta = gr.Checkbox(False, label="Test-time augmentation")
@@ -834,8 +879,9 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             analysed.success(None, js=SCROLL_TO_RESULTS, queue=False, show_progress="hidden")
         image.clear(cleared, [model_choice], outputs, api_visibility="private", queue=False, show_progress="hidden")
         # `.change` covers every way the threshold moves: dragging, arrow keys, the number box, the reset button.
-        threshold.change(on_threshold, [session, threshold], threshold_outputs, api_visibility="private",
-                         trigger_mode="always_last", show_progress="minimal")
+        threshold.change(on_threshold_moved, [session, threshold, model_choice], [*threshold_outputs, threshold],
+                         api_visibility="private", trigger_mode="always_last", show_progress="minimal",
+                         preprocess=False)
         # `.input`: the user picked a model (not a programmatic change). A model that fails to load shows its error
         # and leaves the image and results as they were.
         model_choice.input(on_model, [model_choice, image, tta, target, method, contrast],
@@ -850,8 +896,9 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
               api_name="predict")
         batch_button.click(run_batch, [files, batch_threshold, batch_tta, model_choice],
                            [table, csv_file, batch_summary, batch_made], api_name="batch", concurrency_limit=1)
-        gr.on([batch_threshold.change, batch_tta.change], on_batch_settings, [batch_made, batch_threshold, batch_tta],
-              [batch_summary], api_visibility="private", queue=False, show_progress="hidden")
+        gr.on([batch_threshold.change, batch_tta.change], on_batch_settings,
+              [batch_made, batch_threshold, batch_tta, model_choice], [batch_summary, batch_threshold],
+              api_visibility="private", show_progress="hidden", preprocess=False)  # queued: a gr.Warning needs it
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
     return demo
 

@@ -286,6 +286,29 @@ def test_threshold_change_uses_the_cached_result_and_refreshes_the_cam_on_a_flip
     assert len(calls) == 1
 
 
+def test_a_threshold_typed_out_of_range_goes_back_with_a_warning(loaded, files):
+    """The number box beside the slider takes any number: out of range, the slider goes back to the threshold the
+    decision on screen uses (a warning says so) instead of the event failing and badging every result "Error"; an
+    analysis given one (the API) fails with a message that names the setting."""
+    demo = app.build_demo(*loaded)
+    analyse, moved = handler(demo, "analyse"), handler(demo, "on_threshold_moved")
+    *_, session = analyse(str(files["lesion0.jpg"]), 0.3, False, "fused", "gradcam")
+    for typed in (1.5, -0.2, None):
+        with pytest.warns(UserWarning, match="decision threshold"):
+            *results, slider = moved(session, typed, None)
+        assert slider == 0.3  # back where the decision on screen is
+        assert results[1:] == [gr.skip()] * 6 and results[0][0] == session["prediction"].label  # nothing redone
+    *results, slider = moved(session, 0.7, None)  # a valid one goes through as before
+    assert slider == gr.skip() and results[-1]["prediction"].threshold == 0.7
+    with pytest.warns(UserWarning, match="between 0 and 1; 2 was typed"):
+        *_, slider = moved(None, 2, None)  # no image yet: back at the model's own threshold
+    assert slider == loaded[2].decision_threshold
+    threshold = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "threshold")
+    with pytest.raises(gr.Error, match="between 0 and 1; 1.5 was typed"):
+        threshold.preprocess(1.5)
+    assert threshold.preprocess(0.25) == 0.25
+
+
 def test_model_without_ood_score_says_the_check_is_not_available(tiny_model_dir, files):
     """The reference checkpoint has no OOD statistics yet: no warning, and a quiet note instead."""
     demo = app.build_demo(*load_classifier(tiny_model_dir))

@@ -149,10 +149,16 @@ def test_predict_and_batch_use_the_selected_model(demo, image_path, tmp_path):
     assert row["model"] == "lite0-tiny" and row["backend"] == "torch" and "`lite0-tiny`" in summary
     # Moving the batch threshold or TTA marks the table out of date (its decisions are 0.4's); back to 0.4, it is not.
     on_settings = handler(demo, "on_batch_settings")
-    assert on_settings(made, 0.4, False) == summary
-    for moved in (on_settings(made, 0.7, False), on_settings(made, 0.4, True)):
-        assert moved.startswith(app.BATCH_STALE) and moved.endswith(summary)
-    assert on_settings(None, 0.7, False) == gr.update()  # no table: nothing to mark
+    assert on_settings(made, 0.4, False) == (summary, gr.skip())
+    for moved, slider in (on_settings(made, 0.7, False), on_settings(made, 0.4, True)):
+        assert moved.startswith(app.BATCH_STALE) and moved.endswith(summary) and slider == gr.skip()
+    assert on_settings(None, 0.7, False) == (gr.update(), gr.skip())  # no table: nothing to mark
+    # Typed out of range: back at the table's threshold (else the model's), with a warning; the summary stays.
+    with pytest.warns(UserWarning, match="between 0 and 1; 1.5 was typed"):
+        assert on_settings(made, 1.5, False) == (gr.update(), 0.4)
+    with pytest.warns(UserWarning, match="decision threshold"):
+        _, slider = on_settings(None, -1, False, "lite0-tiny")
+    assert slider == handler(demo, "model_threshold")("lite0-tiny")
 
 
 def test_an_unknown_or_broken_model_is_a_clear_error(demo, models_dir, tmp_path, image_path):
