@@ -6,7 +6,7 @@ batch classification to CSV, and an HTTP API (/predict, /explain, /batch).
                   [--host 127.0.0.1] [--port 7860] [--share]
 
 Only wiring lives here; the logic is in `modeling/inference.py` (prediction, decision, OOD flag, batches),
-`modeling/explain.py` (Grad-CAM) and `modeling/plots.py` (figures). The Hugging Face Space (`space/`) ships this file
+`modeling/explain.py` (Grad-CAM), `modeling/plots.py` (figures) and `modeling/serving.py` (the models by name). The Hugging Face Space (`space/`) ships this file
 as `demo.py` and calls the same `serve_or_exit`, `build_demo_for` and `launch_and_warm_up`.
 
 Start-up: with a model directory that has an ONNX graph, the page and predictions are served from the directory's
@@ -45,7 +45,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,8 @@ import gradio as gr
 import numpy as np
 
 # modeling's modules that need no torch, in dependency order (`import_torch_free_modules`).
-TORCH_FREE_MODULES = ("decision", "image_utils", "model_card", "prediction", "image_processing_numpy", "onnx_runtime")
+TORCH_FREE_MODULES = ("decision", "image_utils", "model_card", "prediction", "image_processing_numpy", "onnx_runtime",
+                      "serving")
 
 
 def import_torch_free_modules() -> None:
@@ -78,18 +78,17 @@ def import_torch_free_modules() -> None:
 
 import_torch_free_modules()
 
-from modeling.image_processing_numpy import NumpyImageProcessor  # noqa: E402
 from modeling.image_utils import ImageLoadError, find_images, load_image  # noqa: E402
-from modeling.onnx_runtime import (  # noqa: E402
-    AUTO,
-    BACKENDS,
-    OnnxClassifier,
-    backend_name,
-    find_backend,
-    find_grad_cam_graph,
-    onnxruntime_available,
+from modeling.onnx_runtime import AUTO, BACKENDS, OnnxClassifier  # noqa: E402
+from modeling.prediction import OOD_WARNING, ModelInfo, Prediction  # noqa: E402
+from modeling.serving import (  # noqa: E402, F401 (model_choices, start_without_torch: the app's API, used by tests)
+    ModelRegistry,
+    ServedModel,
+    ServingError,
+    model_choices,
+    served_model,
+    start_without_torch,
 )
-from modeling.prediction import OOD_WARNING, ModelInfo, Prediction, model_name, read_config, read_model_info  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "checkpoints"
 # The recommended model: the best on validation across both sources (README, "Shipped models"); the Lite0 model and
@@ -174,7 +173,7 @@ def warm_up(registry: ModelRegistry | None = None) -> None:
     if registry is not None:
         try:
             registry.get(None)
-        except gr.Error:  # logged by the registry; an analysis will show the message
+        except ServingError:  # logged by the registry; an analysis will show the message
             pass
     import modeling.explain  # noqa: F401
     import modeling.plots  # noqa: F401
@@ -208,11 +207,18 @@ def threshold_problem(value: Any, minimum: float = 0.0, maximum: float = 1.0) ->
     return None
 
 
+def reset_request(threshold: float) -> dict[str, float]:
+    """A request to put a threshold slider back at `threshold`, for a State whose `.change` sets the slider: the time
+    in it makes every request a change, even one to the same value as the last."""
+    return {"threshold": threshold, "at": time.monotonic()}
+
+
 def bounded_threshold(component: gr.Slider) -> gr.Slider:
     """An out-of-range threshold given to an analysis (the API, or Analyse clicked before the box was left) fails with
     a message that names the setting and what was typed, without a server traceback (Gradio's own check says "Value
     1.5 is greater than maximum value 1.0." and logs a stack trace for a typo). The sliders' `.change` events take
-    the raw value instead (`preprocess=False`) and put the slider back: see `on_threshold_moved`."""
+    the raw value instead (`preprocess=False`) and put the slider back: see `on_threshold_moved`. (A slider that a
+    gr.update rebuilds, as a model switch does to relabel it, is Gradio's own again for that session.)"""
     check = component.preprocess
 
     def preprocess(payload):
@@ -251,7 +257,7 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except ImageLoadError as error:  # the input is not a usable image: the message is for the user
+        except (ImageLoadError, ServingError) as error:  # a bad image, an unknown or broken model: for the user
             raise gr.Error(str(error), print_exception=False) from None
         except Exception:  # a bug: logged with its traceback, a short message for the user
             logger.exception("request failed")
@@ -417,157 +423,6 @@ def table_columns(info: ModelInfo) -> list[str]:
             "ood_score", "error"]
 
 
-def model_choices(models_dir: str | Path | None, default: str | Path) -> dict[str, str]:
-    """{name shown: source} for every model directory (a subfolder with a config.json) under `models_dir`, sorted, and
-    the default model (a directory anywhere, or a Hub id), which keeps its own name."""
-    choices = {}
-    if models_dir is not None and Path(models_dir).is_dir():
-        for folder in sorted(Path(models_dir).iterdir()):
-            if (folder / "config.json").is_file():
-                choices[model_name(folder)] = str(folder)
-    choices[model_name(default)] = str(default)
-    return dict(sorted(choices.items()))
-
-
-@dataclass
-class ServedModel:
-    """One loaded model: the torch model (Grad-CAM, fusion weights), its processor and info, the onnxruntime graph
-    that serves its predictions (None: torch does) and the one whose backbone serves Grad-CAM (None: the whole torch
-    model does; `served_model` finds it).
-
-    Started without torch (`start_without_torch`), `model` and `processor` are None and `fast_processor` (the
-    processor's numpy twin, the same pixels) feeds the graph, until `ModelRegistry.get` loads the rest."""
-
-    model: Any
-    processor: Any
-    info: ModelInfo
-    backend: OnnxClassifier | None = None
-    cam_backend: OnnxClassifier | None = None
-    fast_processor: NumpyImageProcessor | None = None
-
-    @property
-    def backend_name(self) -> str:
-        return backend_name(self.backend)
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the torch model is there (Grad-CAM, fusion weights, batches need it)."""
-        return self.model is not None
-
-    def predict(self, image, tta: bool, threshold: float) -> Prediction:
-        """Probabilities, decision and OOD flag for one image: on the ONNX graph from the numpy pixels before torch is
-        loaded, else as `modeling.inference.predict` (the same graph and pixels once loaded, or torch)."""
-        if not self.loaded:
-            return self.backend.predict(self.fast_processor(image), tta, threshold)
-        from modeling.inference import predict
-
-        return predict(self.model, self.processor, image, tta=tta, threshold=threshold, backend=self.backend)
-
-    def fusion_note(self) -> str:
-        return {
-            "channel": "channel fusion (one stage3 weight per channel)",
-            "spatial": "spatial fusion (one stage3 weight per pixel)",
-            "none": "plain ResNet, no fusion",
-        }.get(self.info.fusion_mode, f"{self.info.model_type} (not an ASFF-ResNet)")
-
-    def about(self) -> str:
-        info = self.info
-        positive = info.id2label.get(1, "class 1")
-        ood = (f"Mahalanobis distance on pooled features, flagged above {info.ood_threshold:.3g}"
-               if info.ood_threshold is not None else "not available for this model")
-        runs = "PyTorch" if self.backend is None else f"onnxruntime ({self.backend_name}, `{self.backend.path.name}`)"
-        runs += ("; Grad-CAM: PyTorch" if self.cam_backend is None else
-                 f"; Grad-CAM: PyTorch above the backbone's stage maps from `{self.cam_backend.path.name}`")
-        return (f"**Model:** `{info.name}` ({self.fusion_note()}; {info.num_parameters / 1e6:.1f} M parameters; "
-                f"input {info.image_size} px). Decision threshold {info.decision_threshold:.3f} on calibrated "
-                f"p({positive}); calibration temperature {info.temperature:.2f}; out-of-distribution check: {ood}. "
-                f"Predictions: {runs}.")
-
-
-class ModelRegistry:
-    """The models the dropdown offers, by name: the default one loaded up front, the others on first use (then
-    cached). `backend` is what each is asked to predict with (`modeling.onnx_runtime.load_backend`)."""
-
-    def __init__(self, default: ServedModel, sources: dict[str, str] | None = None, backend: str = AUTO):
-        self.default_name = default.info.name
-        self.sources = {**(sources or {}), self.default_name: default.info.source}
-        self.backend = backend
-        self._loaded = {self.default_name: default}
-        self._lock = threading.Lock()
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self.sources)
-
-    def get(self, name: str | None) -> ServedModel:
-        """The model with its torch side loaded (loading it, or waiting for the load under way)."""
-        name = self._known(name)
-        with self._lock:  # one load per model, even when two sessions ask at once
-            if name not in self._loaded or not self._loaded[name].loaded:
-                self._loaded[name] = self._load(name)
-            return self._loaded[name]
-
-    def loaded(self, name: str | None) -> bool:
-        """Whether the model's torch side is there (`get` returns at once)."""
-        served = self._loaded.get(name or self.default_name)
-        return served is not None and served.loaded
-
-    def peek(self, name: str | None) -> ServedModel:
-        """The model as it is now, for what needs no torch (predictions, its info): a model started without torch is
-        not waited for; one never loaded is loaded."""
-        served = self._loaded.get(self._known(name))
-        return served if served is not None else self.get(name)
-
-    def _known(self, name: str | None) -> str:
-        name = name or self.default_name
-        if name not in self.sources:
-            raise gr.Error(f"Unknown model {name!r}; choose one of {', '.join(self.names)}.", print_exception=False)
-        return name
-
-    def _load(self, name: str) -> ServedModel:
-        from modeling.inference import load_classifier
-        from modeling.onnx_runtime import load_backend
-
-        source = self.sources[name]
-        try:
-            model, processor, info = load_classifier(source)
-            backend = load_backend(source, model, processor, self.backend)
-            served = served_model(model, processor, dataclasses.replace(info, name=name), backend)
-        except Exception as error:  # a broken directory must not take the app down: the user picks another
-            logger.exception("could not load %s", source)
-            raise gr.Error(f"Could not load the model {name}: {type(error).__name__}: {error}",
-                           print_exception=False) from None
-        return served
-
-
-def served_model(model, processor, info: ModelInfo, backend: OnnxClassifier | None) -> ServedModel:
-    """A `ServedModel`; when onnxruntime serves its predictions, Grad-CAM runs torch above the stage maps of its
-    float32 graph if it has one (`grad_cam_backend`). With torch asked for (`backend` None), torch does everything."""
-    from modeling.onnx_runtime import grad_cam_backend
-
-    cam_backend = None if backend is None else grad_cam_backend(info.source, model, processor, backend)
-    return ServedModel(model, processor, info, backend, cam_backend)
-
-
-def start_without_torch(source: str | Path, backend: str = AUTO) -> ServedModel | None:
-    """A `ServedModel` made from a model directory's files and ONNX graph alone (no torch imported): what serves the
-    page and predictions while the torch side loads in the background. None where that cannot be (a Hub id, `--backend
-    torch`, no usable graph, no onnxruntime, a processor the numpy twin does not reproduce): then everything loads
-    first, as `load_classifier` does. A graph that does not match the model is an error for an explicit backend."""
-    if backend == "torch" or not Path(source).is_dir() or not onnxruntime_available():
-        return None
-    fast = NumpyImageProcessor.from_pretrained(source)
-    if fast is None or not (Path(source) / "config.json").is_file():
-        return None
-    config = read_config(source)
-    runner = find_backend(source, config, fast.image_size, backend)
-    if runner is None:
-        return None
-    info = read_model_info(source, has_ood_score="ood_score" in runner.output_names)
-    cam_backend = find_grad_cam_graph(source, config, fast.image_size, runner)
-    return ServedModel(None, None, dataclasses.replace(info, name=model_name(source)), runner, cam_backend, fast)
-
-
 def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | None = None, *,
                backend: OnnxClassifier | None = None, models: dict[str, str] | None = None,
                backend_request: str = AUTO) -> gr.Blocks:
@@ -672,14 +527,14 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                 timing, session)
 
     def on_threshold_moved(session, threshold, model_choice):
-        """The threshold slider's `.change`, with the raw value: one typed out of range into the number box puts the
-        slider back at the threshold the decision on screen uses, with a warning, rather than failing the event (a
-        failed event badges every result on screen with "Error")."""
+        """The threshold slider's `.change`, with the raw value: one typed out of range into the number box is
+        answered with a warning and a request (the `reset` State) to put the slider back at the threshold the decision
+        on screen uses, rather than failing the event (a failed event badges every result on screen with "Error")."""
         problem = threshold_problem(threshold)
         if problem:
             valid = session["prediction"].threshold if session else model_threshold(model_choice)
             gr.Warning(f"{problem}: it is back at {valid:.3g}.", title="Threshold out of range")
-            return (*on_threshold(session, valid), valid)
+            return (*on_threshold(session, valid), reset_request(valid))
         return (*on_threshold(session, float(threshold)), gr.skip())
 
     def cleared(model_choice=None):
@@ -749,7 +604,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         if problem:
             valid = made["threshold"] if made else model_threshold(model_choice)
             gr.Warning(f"{problem}: it is back at {valid:.3g}.", title="Threshold out of range")
-            return gr.update(), valid
+            return gr.update(), reset_request(valid)
         if not made:
             return gr.update(), gr.skip()
         if abs(made["threshold"] - float(threshold)) < 1e-12 and made["tta"] == bool(tta):
@@ -783,6 +638,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
     with gr.Blocks(title="ASFF skin-lesion classifier (research demo)", analytics_enabled=False) as demo:
         gr.Markdown(f"# ASFF skin-lesion classifier\n{DISCLAIMER}", elem_id="disclaimer")
         session = gr.State(None)
+        threshold_reset, batch_threshold_reset = gr.State(None), gr.State(None)  # see `reset_request`
         model_choice = gr.Dropdown(registry.names, value=registry.default_name, label="Model", elem_id="model",
                                    visible=len(registry.names) > 1, interactive=True,
                                    info="Every model directory found; each loads on first use")
@@ -879,9 +735,14 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             analysed.success(None, js=SCROLL_TO_RESULTS, queue=False, show_progress="hidden")
         image.clear(cleared, [model_choice], outputs, api_visibility="private", queue=False, show_progress="hidden")
         # `.change` covers every way the threshold moves: dragging, arrow keys, the number box, the reset button.
-        threshold.change(on_threshold_moved, [session, threshold, model_choice], [*threshold_outputs, threshold],
+        # The raw value (`preprocess=False`), so that one typed out of range is answered, not failed on; putting the
+        # slider back goes through a State (`reset_request`) because a handler that lists the slider among its outputs
+        # would have to answer gr.skip() otherwise, which rebuilds the slider without `bounded_threshold`.
+        threshold.change(on_threshold_moved, [session, threshold, model_choice], [*threshold_outputs, threshold_reset],
                          api_visibility="private", trigger_mode="always_last", show_progress="minimal",
                          preprocess=False)
+        threshold_reset.change(lambda reset: reset["threshold"], threshold_reset, threshold, api_visibility="private",
+                               show_progress="hidden")
         # `.input`: the user picked a model (not a programmatic change). A model that fails to load shows its error
         # and leaves the image and results as they were.
         model_choice.input(on_model, [model_choice, image, tta, target, method, contrast],
@@ -897,8 +758,10 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         batch_button.click(run_batch, [files, batch_threshold, batch_tta, model_choice],
                            [table, csv_file, batch_summary, batch_made], api_name="batch", concurrency_limit=1)
         gr.on([batch_threshold.change, batch_tta.change], on_batch_settings,
-              [batch_made, batch_threshold, batch_tta, model_choice], [batch_summary, batch_threshold],
+              [batch_made, batch_threshold, batch_tta, model_choice], [batch_summary, batch_threshold_reset],
               api_visibility="private", show_progress="hidden", preprocess=False)  # queued: a gr.Warning needs it
+        batch_threshold_reset.change(lambda reset: reset["threshold"], batch_threshold_reset, batch_threshold,
+                                     api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=64)
     return demo
 

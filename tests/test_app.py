@@ -295,14 +295,17 @@ def test_a_threshold_typed_out_of_range_goes_back_with_a_warning(loaded, files):
     *_, session = analyse(str(files["lesion0.jpg"]), 0.3, False, "fused", "gradcam")
     for typed in (1.5, -0.2, None):
         with pytest.warns(UserWarning, match="decision threshold"):
-            *results, slider = moved(session, typed, None)
-        assert slider == 0.3  # back where the decision on screen is
+            *results, reset = moved(session, typed, None)
+        assert reset["threshold"] == 0.3  # back where the decision on screen is
         assert results[1:] == [gr.skip()] * 6 and results[0][0] == session["prediction"].label  # nothing redone
-    *results, slider = moved(session, 0.7, None)  # a valid one goes through as before
-    assert slider == gr.skip() and results[-1]["prediction"].threshold == 0.7
+    *results, reset = moved(session, 0.7, None)  # a valid one goes through as before
+    assert reset == gr.skip() and results[-1]["prediction"].threshold == 0.7
     with pytest.warns(UserWarning, match="between 0 and 1; 2 was typed"):
-        *_, slider = moved(None, 2, None)  # no image yet: back at the model's own threshold
-    assert slider == loaded[2].decision_threshold
+        *_, reset = moved(None, 2, None)  # no image yet: back at the model's own threshold
+    assert reset["threshold"] == loaded[2].decision_threshold
+    with pytest.warns(UserWarning):
+        again = moved(None, 2, None)[-1]
+    assert again != reset  # a second request to the same value is still a change of the State
     threshold = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "threshold")
     with pytest.raises(gr.Error, match="between 0 and 1; 1.5 was typed"):
         threshold.preprocess(1.5)

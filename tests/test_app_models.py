@@ -155,10 +155,11 @@ def test_predict_and_batch_use_the_selected_model(demo, image_path, tmp_path):
     assert on_settings(None, 0.7, False) == (gr.update(), gr.skip())  # no table: nothing to mark
     # Typed out of range: back at the table's threshold (else the model's), with a warning; the summary stays.
     with pytest.warns(UserWarning, match="between 0 and 1; 1.5 was typed"):
-        assert on_settings(made, 1.5, False) == (gr.update(), 0.4)
+        kept, reset = on_settings(made, 1.5, False)
+    assert kept == gr.update() and reset["threshold"] == 0.4
     with pytest.warns(UserWarning, match="decision threshold"):
-        _, slider = on_settings(None, -1, False, "lite0-tiny")
-    assert slider == handler(demo, "model_threshold")("lite0-tiny")
+        _, reset = on_settings(None, -1, False, "lite0-tiny")
+    assert reset["threshold"] == handler(demo, "model_threshold")("lite0-tiny")
 
 
 def test_an_unknown_or_broken_model_is_a_clear_error(demo, models_dir, tmp_path, image_path):
