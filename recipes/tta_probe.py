@@ -30,23 +30,35 @@ SOURCES = ["../shared/data/isic2020-part", "../shared/data/isic2019-part"]
 SUBSETS = {"single view": [0], "identity + flip": [0, 4], "four flips": [0, 2, 4, 6], "eight views": list(range(8))}
 
 
-def main() -> None:
+def signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"  # None: the bootstrap could not give it (one class only)
+
+
+def difference_text(cell: dict) -> str:
+    """"+0.0035 [-0.0032, +0.0105]" """
+    low, high = cell["ci95"] or (None, None)
+    return f"{signed(cell['difference'])} [{signed(low)}, {signed(high)}]"
+
+
+def view_probabilities(model, processor, paths: list[str], positive: int, batch_size: int = 8) -> np.ndarray:
+    """(N, 8): each image's calibrated p(positive) in each view of `tta_views`."""
+    views = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="validation", unit="batch"):
+        pixels = torch.cat([pixel_values(processor, load_image(p)) for p in paths[start : start + batch_size]])
+        views.append(run_model(model, pixels, tta=True).view_probs[..., positive].numpy())
+    return np.concatenate(views)
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--dataset", nargs="+", default=SOURCES)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args = parser.parse_args(argv)
     data = validation_set(args.dataset)
     model, processor, _ = load_classifier(args.model)
-    positive = model.config.label2id[data.positive]
-    views = []
-    for start in tqdm(range(0, len(data.paths), args.batch_size), desc="validation", unit="batch"):
-        chunk = data.paths[start : start + args.batch_size]
-        pixels = torch.cat([pixel_values(processor, load_image(p)) for p in chunk])
-        views.append(run_model(model, pixels, tta=True).view_probs[..., positive].numpy())
-    views = np.concatenate(views)  # (N, 8): p(positive) per view
+    views = view_probabilities(model, processor, data.paths, model.config.label2id[data.positive], args.batch_size)
     probs = {name: views[:, index].mean(1) for name, index in SUBSETS.items()}
     scores, differences = {}, {}
     for name, p in probs.items():
@@ -63,14 +75,13 @@ def main() -> None:
             roc = paired_bootstrap(data.labels[index], *stacked)["roc_auc"]
             cells[s] = {"difference": roc["delta"], "ci95": roc["ci95"]}
         differences[f"{name} - single view"] = cells
-        print("  - single view", json.dumps({s: f"{c['difference']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
-                                              for s, c in cells.items()}), flush=True)
+        print("  - single view", json.dumps({s: difference_text(c) for s, c in cells.items()}), flush=True)
+    result = {"model": str(args.model), "subsets": SUBSETS, "roc_auc": scores, "paired_roc_auc": differences,
+              "n": {s: int((data.sources == s).sum()) for s in np.unique(data.sources)}}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"model": str(args.model), "subsets": SUBSETS, "roc_auc": scores,
-                                        "paired_roc_auc": differences,
-                                        "n": {s: int((data.sources == s).sum()) for s in np.unique(data.sources)}},
-                                       indent=1))
+        args.out.write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

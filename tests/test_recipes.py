@@ -7,6 +7,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from train_hf import parse_args
@@ -130,3 +131,35 @@ def test_cam_class_overlap_correlates_each_images_two_class_maps(tiny_model_dir,
         part = summary[name]
         assert 0 <= part["images_with_an_empty_map"] <= 4
         assert part["images_with_an_empty_map"] == 4 or -1 <= part["median"] <= 1
+
+
+def test_tta_probe_scores_the_view_subsets_it_names(tiny_model_dir, tmp_path):
+    """recipes/tta_probe.py (RESULTS.md: test-time augmentation on the default): the views it averages are the ones
+    its subsets name (view 4 the left-right flip, 6 the up-down flip, 2 the half turn), the single view is the model's
+    plain prediction and all eight are the app's `--tta`; each subset is scored and paired with the single view."""
+    import importlib.util
+
+    import torch
+    from helpers import make_image_folder
+
+    from modeling.image_utils import load_image
+    from modeling.inference import load_classifier, pixel_values, predict_batch, probabilities
+
+    data = make_image_folder(tmp_path / "data", {"train": 20, "test": 2}, size=48)
+    spec = importlib.util.spec_from_file_location("tta_probe", ROOT / "recipes" / "tta_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    model, processor, _ = load_classifier(tiny_model_dir)
+    paths = sorted(str(p) for p in (data / "train" / "malignant").iterdir())[:3]
+    views = probe.view_probabilities(model, processor, paths, positive=1, batch_size=2)
+    pixels = torch.cat([pixel_values(processor, load_image(p)) for p in paths])
+    for index, transform in {0: lambda x: x, 4: lambda x: x.flip(-1), 6: lambda x: x.flip(-2),
+                             2: lambda x: x.flip(-1, -2)}.items():
+        np.testing.assert_allclose(views[:, index], probabilities(model, transform(pixels))[:, 1].numpy(), atol=1e-5)
+    with_tta = [row["p_malignant"] for row in predict_batch(model, processor, paths, tta=True)]
+    np.testing.assert_allclose(views.mean(1), with_tta, atol=1e-5)
+
+    result = probe.main([str(tiny_model_dir), "--dataset", str(data), "--out", str(tmp_path / "probe.json")])
+    assert set(result["roc_auc"]) == set(probe.SUBSETS) and json.loads((tmp_path / "probe.json").read_text()) == result
+    assert set(result["paired_roc_auc"]) == {f"{name} - single view" for name in probe.SUBSETS if name != "single view"}
+    assert all(0 <= score <= 1 for scores in result["roc_auc"].values() for score in scores.values())
