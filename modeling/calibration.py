@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+# Fewer validation images of the rarer class than this, and the fitted temperature, threshold and OOD threshold are
+# mostly noise (a handful of images is often separable: T goes to its bound and the threshold to 0 or 1).
+MIN_CALIBRATION_PER_CLASS = 20
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -41,7 +44,14 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return float(-log_softmax(logits / math.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean())
 
     result = minimize_scalar(nll, bounds=(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)), method="bounded")
-    return float(math.exp(result.x))
+    temperature = float(math.exp(result.x))
+    # Near a bound (the likelihood is flat there: the search stops short of it), T is an artefact of the data, not
+    # a calibration: a separable or tiny validation set.
+    if not 2 * MIN_TEMPERATURE < temperature < MAX_TEMPERATURE / 2:
+        logger.warning("fit_temperature: T = %.3g is near its bound [%g, %g]: the %d validation images are (nearly) "
+                       "separable or too few to calibrate on; treat the calibrated probabilities with caution",
+                       temperature, MIN_TEMPERATURE, MAX_TEMPERATURE, len(labels))
+    return temperature
 
 
 @dataclass
@@ -118,6 +128,13 @@ def fit_calibration(model: nn.Module, train_batches: Iterable[dict] | None, vali
     `ood_method`, `ood_threshold` and `ood_pass_rate` into `model.config`; the threshold is the caller's (it is
     chosen on the calibrated probabilities this returns the temperature for)."""
     validation = collect_features(model, validation_batches, desc="validation")
+    counts = np.bincount(validation.labels.astype(int), minlength=model.config.num_labels)
+    rarer = int(counts.min()) if len(validation.labels) else 0
+    if rarer < MIN_CALIBRATION_PER_CLASS:
+        logger.warning("calibration: the validation split has %d image(s) of its rarer class (fewer than %d): the "
+                       "temperature, decision threshold and OOD threshold fitted on it are unreliable; give a larger "
+                       "validation split (--validation_fraction, or a validation/ folder)", rarer,
+                       MIN_CALIBRATION_PER_CLASS)
     temperature = fit_temperature(validation.logits, validation.labels)
     model.config.temperature = temperature
     ood_threshold = None

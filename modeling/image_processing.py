@@ -43,15 +43,19 @@ def processor_settings(processor) -> dict:
             "color_constancy_power": power}
 
 
-def with_preprocessing(processor, color_constancy: bool | None = None, resize_mode: str | None = None):
-    """A processor like `processor` (same size, mean, std, resampling) with colour constancy and/or the resize mode
-    changed; the processor itself when nothing changes. For fine-tuning a checkpoint with another preprocessing."""
+def with_preprocessing(processor, color_constancy: bool | None = None, resize_mode: str | None = None,
+                       image_size: int | None = None):
+    """A processor like `processor` (same size, mean, std, resampling) with colour constancy, the resize mode and/or
+    the input size changed; the processor itself when nothing changes. For fine-tuning a checkpoint with another
+    preprocessing (a CNN takes any input size; its config's `image_size` should follow)."""
     settings = processor_settings(processor)
     current_cc = settings["color_constancy_power"] is not None
-    if (color_constancy is None or color_constancy == current_cc) and resize_mode in (None, settings["resize_mode"]):
+    if ((color_constancy is None or color_constancy == current_cc) and resize_mode in (None, settings["resize_mode"])
+            and image_size in (None, settings["image_size"])):
         return processor
     return build_image_processor(
-        settings["image_size"], color_constancy=current_cc if color_constancy is None else color_constancy,
+        image_size or settings["image_size"],
+        color_constancy=current_cc if color_constancy is None else color_constancy,
         resize_mode=resize_mode or settings["resize_mode"],
         color_constancy_power=getattr(processor, "color_constancy_power", 6.0), image_mean=settings["mean"],
         image_std=settings["std"], resample=getattr(processor, "resample", None))

@@ -79,11 +79,13 @@ class ModelArguments:
     backbone: str | None = field(default=None, metadata={
         "help": "a timm backbone instead of ResNet-50 (transformers' TimmBackbone), e.g. tf_efficientnet_lite0; "
                 "its last two feature stages are fused"})
-    image_size: int | None = field(default=None, metadata={"help": "input resolution (default: the config's)"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "input resolution; None: the config's, or the trained model's with --model_name_or_path (given, the "
+                "fine-tuned model's config and processor take it)"})
     color_constancy: bool | None = field(default=None, metadata={
         "help": "Shades-of-Gray colour constancy (p = 6) as the first step of the saved image processor, so that "
-                "training, evaluation, the app and pipeline() all apply it (default: off; when fine-tuning, the "
-                "checkpoint's own setting)"})
+                "training, evaluation, the app and pipeline() all apply it; None: off, or the checkpoint's own setting "
+                "when fine-tuning"})
     resize_mode: str | None = field(default=None, metadata={
         "choices": ["crop", "squash"],
         "help": "how non-square images become the square input (saved in the image processor): crop (shortest "
@@ -160,6 +162,11 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}
     if model_args.model_name_or_path:
+        # A trained model brings its architecture: flags that would describe another one are an error, not ignored.
+        for flag in ("config_name", "backbone", "pretrained_backbone"):
+            if getattr(model_args, flag):
+                raise UsageError(f"--{flag} describes a new model; --model_name_or_path starts from a trained one "
+                                 "(its architecture and weights): leave one of them out")
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
         same_labels = [config.id2label[i] for i in sorted(config.id2label)] == labels
         if not same_labels:
@@ -168,11 +175,16 @@ def build_model(model_args: ModelArguments, labels: list[str], name: str) -> tup
         extra = {"ood_feature": model_args.ood_feature} if model_args.ood_feature else {}
         if model_args.lesion_focus_loss_coefficient is not None:
             extra["lesion_focus_loss_coefficient"] = model_args.lesion_focus_loss_coefficient
+        if model_args.image_size:  # fine-tuning at another input size: the config and the processor follow
+            extra["image_size"] = model_args.image_size
+        if model_args.classifier_dropout is not None:
+            extra["classifier_dropout"] = model_args.classifier_dropout
         model = AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path, trust_remote_code=True, id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=not same_labels, **extra)
         processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-        return model, with_preprocessing(processor, model_args.color_constancy, model_args.resize_mode)
+        return model, with_preprocessing(processor, model_args.color_constancy, model_args.resize_mode,
+                                         model_args.image_size)
     normalisation = {}
     if name in FUSION_MODES:
         from .backbones import pretrained_backbone_defaults

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from app_fixtures import save_tiny_model
-from helpers import make_image_folder
+from helpers import make_image_folder, tiny_config
 from huggingface_hub import ModelCard, ModelCardData
 from safetensors import safe_open
 from transformers import AutoModelForImageClassification, pipeline
 
-from modeling import AsffResNetConfig
+from modeling import AsffResNetConfig, AsffResNetForImageClassification
 from modeling.calibration import (
     attach_ood_scorer,
     calibrate_saved_model,
@@ -36,6 +36,24 @@ def test_fit_temperature_recovers_a_known_temperature():
     assert fit_temperature(true_logits * 3, labels) == pytest.approx(3, rel=0.1)
     assert fit_temperature(true_logits, labels) == pytest.approx(1, rel=0.1)
     assert fit_temperature(true_logits, np.zeros(4000, int)) == 1.0  # one class: nothing to fit
+
+
+def test_calibration_on_too_few_images_says_so(caplog):
+    """A separable handful of validation images sends T to its bound: the fit says it is unreliable, and
+    `fit_calibration` warns about a validation split with few images of a class before fitting anything."""
+    from modeling.calibration import fit_calibration
+
+    separable = np.array([[3.0, -3.0], [2.0, -2.0], [-2.5, 2.5], [-3.0, 3.0]])
+    with caplog.at_level("WARNING", logger="modeling.calibration"):
+        assert fit_temperature(separable, np.array([0, 0, 1, 1])) < 0.1
+    assert "near its bound" in caplog.text
+    caplog.clear()
+    torch.manual_seed(0)
+    model = AsffResNetForImageClassification(tiny_config()).eval()
+    batches = [{"pixel_values": torch.randn(6, 3, 32, 32), "labels": torch.tensor([0, 0, 0, 0, 1, 1])}]
+    with caplog.at_level("WARNING", logger="modeling.calibration"):
+        fit_calibration(model, None, batches)
+    assert "2 image(s) of its rarer class" in caplog.text and "unreliable" in caplog.text
 
 
 def test_calibrated_threshold_keeps_every_decision():

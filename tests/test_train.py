@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY_TRAIN_ARGS, make_image_folder, offline_env, tiny_config
+from helpers import ROOT, TINY_IMAGE_SIZE, TINY_TRAIN_ARGS, make_image_folder, offline_env, tiny_config
 from huggingface_hub import ModelCard
 
 import modeling.calibration as calibration
@@ -108,6 +108,21 @@ def test_fine_tune_onto_a_new_label_set_then_eval_only(trained, tmp_path):
                                            "--dataset", str(data / "test"), "--output_dir", str(eval_out), *TINY]))
     assert evaluated["test"]["n"] == 9 and evaluated["test"]["threshold_source"] == "default"
     assert (eval_out / "report" / "confusion.png").exists() and (eval_out / "metrics.json").exists()
+
+
+def test_fine_tuning_takes_the_input_size_and_refuses_a_new_architecture(trained, image_folder, tmp_path):
+    """With --model_name_or_path, --image_size is applied (config and saved processor; a CNN takes any size), and flags
+    that describe another architecture are an error rather than silently ignored."""
+    args = [a for a in TINY if a != "--image_size" and a != str(TINY_IMAGE_SIZE)]
+    out = tmp_path / "at40"
+    training.main(*parse_args(["--dataset", str(image_folder), "--model_name_or_path", str(trained), "--output_dir",
+                               str(out), "--max_steps", "1", "--image_size", "40", *args]))
+    assert json.loads((out / "config.json").read_text())["image_size"] == 40
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 40, "width": 40}
+    for flag, value in (("--backbone", "tf_efficientnet_lite0"), ("--config_name", str(trained))):
+        with pytest.raises(training.UsageError, match=f"{flag} describes a new model"):
+            training.main(*parse_args(["--dataset", str(image_folder), "--model_name_or_path", str(trained),
+                                       "--output_dir", str(tmp_path / "no"), flag, value, *TINY]))
 
 
 def test_eval_only_reproduces_recorded_test_metrics(trained, image_folder, tmp_path):
