@@ -163,3 +163,34 @@ def test_tta_probe_scores_the_view_subsets_it_names(tiny_model_dir, tmp_path):
     assert set(result["roc_auc"]) == set(probe.SUBSETS) and json.loads((tmp_path / "probe.json").read_text()) == result
     assert set(result["paired_roc_auc"]) == {f"{name} - single view" for name in probe.SUBSETS if name != "single view"}
     assert all(0 <= score <= 1 for scores in result["roc_auc"].values() for score in scores.values())
+
+
+def test_validation_by_image_shape_groups_each_source_by_acquisition_shape(tiny_model_dir, tmp_path):
+    """recipes/validation_by_image_shape.py (RESULTS.md: where the isic2019-part ROC AUC comes from): shapes named by
+    aspect ratio, every validation image in one group of its source, training images counted per group."""
+    import importlib.util
+
+    from helpers import make_image_folder
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("by_shape", ROOT / "recipes" / "validation_by_image_shape.py")
+    by_shape = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(by_shape)
+    for size, shape in (((600, 450), "4:3"), ((450, 600), "4:3"), ((384, 256), "3:2"), ((100, 100), "1:1"),
+                        ((500, 100), "other")):
+        Image.new("RGB", size).save(tmp_path / "probe.png")
+        assert by_shape.shape_of(tmp_path / "probe.png") == shape, size
+    data = make_image_folder(tmp_path / "data", {"train": 20, "test": 2}, size=48)
+    wide = sorted((data / "train").rglob("*.jpg"))[::2]
+    for path in wide:  # every other image becomes 4:3
+        Image.open(path).resize((64, 48)).save(path)
+    result = by_shape.main([str(tiny_model_dir), "--dataset", str(data), "--out", str(tmp_path / "shape.json")])
+    rows = result["rows"]
+    assert {row["shape"] for row in rows} == {"1:1", "4:3"} and json.loads((tmp_path / "shape.json").read_text())
+    from modeling.training import DataArguments, prepare_data
+
+    splits = prepare_data(DataArguments(dataset=[str(data)], drop_duplicates=True, near_duplicate_distance=4),
+                          seed=42).dataset
+    assert sum(row["n"] for row in rows) == len(splits["validation"])
+    assert sum(row["train_images"] for row in rows) == len(splits["train"])
+    assert all(row["roc_auc"] is None or 0 <= row["roc_auc"] <= 1 for row in rows)
