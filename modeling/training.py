@@ -151,6 +151,11 @@ class DataArguments:
         "choices": ["standard", "dermoscopy"],
         "help": "standard (crop, flips, rotation, colour jitter) or dermoscopy (also a wider scale/aspect range, "
                 "hue, Gaussian blur, a dark dermoscope frame/vignette and hair-like lines)"})
+    balance_label_by: list[str] | None = field(default=None, metadata={
+        "help": "columns whose groups should not predict the label, e.g. --balance_label_by source shape (shape: "
+                "the image's aspect ratio class, which in the ISIC archive marks the acquisition): training batches "
+                "are drawn with weights P(group) P(label) / P(group, label) (Kamiran & Calders' reweighing), so "
+                "each group keeps its size and takes the overall label mix"})
     max_train_samples: int | None = field(default=None, metadata={"help": "truncate train (debugging)"})
     save_dataset_to: str | None = field(default=None, metadata={"help": "save the prepared DatasetDict here"})
     push_dataset_to_hub: str | None = field(default=None, metadata={"help": "push the prepared DatasetDict"})
@@ -295,6 +300,22 @@ def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
     present = np.unique(labels)
     weights[present] = compute_class_weight("balanced", classes=present, y=np.asarray(labels))
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def label_balance(train, columns: Sequence[str], labels: Sequence[str]) -> dict:
+    """The reweighing of `--balance_label_by` (modeling.sampling): the per-row sampling weights and, per group, its
+    size and label mix before and after."""
+    from .sampling import group_keys, reweighing_summary, reweighing_weights
+
+    try:
+        groups = group_keys(train, columns)
+    except ValueError as error:
+        raise UsageError(f"--balance_label_by: {error}") from error
+    train_labels = train.with_format(None)["label"]
+    weights = reweighing_weights(groups, train_labels)
+    summary = reweighing_summary(groups, train_labels, weights, labels)
+    logger.info("--balance_label_by %s: %s", " ".join(columns), summary)
+    return {"columns": list(columns), "groups": summary, "weights": weights}
 
 
 def predict_logits(trainer: Trainer, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -570,16 +591,27 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         loss_func = class_weighted_loss(balanced_class_weights(train["label"], len(prepared.labels)))
     elif model_args.class_weighting != "none":
         raise UsageError(f"class_weighting must be 'none' or 'balanced', got {model_args.class_weighting!r}")
+    balance = None
+    if data_args.balance_label_by:
+        if model_args.skip_training:
+            raise UsageError("--balance_label_by changes how training samples the images: it does nothing with "
+                             "--skip_training")
+        balance = label_balance(train, data_args.balance_label_by, prepared.labels)
     validation_split = prepared.dataset.get("validation")
     sources = None
     if validation_split is not None and len(prepared.sources) > 1:
         sources = validation_split.with_format(None)["source"]
     # The Trainer never pushes (its push would run before the report exists, and again per checkpoint): the
     # finished folder is pushed once, at the end (push_folder).
-    trainer = Trainer(
+    trainer_class, sampling = Trainer, {}
+    if balance is not None:
+        from .sampling import ReweighedTrainer
+
+        trainer_class, sampling = ReweighedTrainer, {"sample_weights": balance.pop("weights")}
+    trainer = trainer_class(
         model=model, args=replace(args, push_to_hub=False), train_dataset=train, eval_dataset=validation_split,
         data_collator=collate_fn, processing_class=processor, compute_metrics=make_compute_metrics(sources),
-        compute_loss_func=loss_func, callbacks=callbacks,
+        compute_loss_func=loss_func, callbacks=callbacks, **sampling,
     )
     if model_args.skip_training:
         train_metrics, recipe = {}, read_training_settings(model_args.model_name_or_path)
@@ -652,6 +684,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         settings.update(recipe_settings(recipe), evaluated_on=hardware())
     if averaging is not None:
         settings["weight_averaging"] = averaging.description()
+    if balance is not None:
+        settings["balance_label_by"] = balance
     if any(isinstance(c, TimeBudgetCallback) and c.stopped for c in callbacks):
         settings["stopped_by_time_budget_min"] = model_args.max_train_minutes
     settings.update(calibration_summary(trainer.model.config, calibration))

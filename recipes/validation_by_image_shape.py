@@ -19,26 +19,16 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling.metrics.statistics import bootstrap_ci  # noqa: E402
+from modeling.sampling import image_shape  # noqa: E402  (the one home of the shape classes)
 from modeling.selection import validation_scores, validation_set  # noqa: E402
 from modeling.training import DataArguments, prepare_data  # noqa: E402
 
 SOURCES = ["../shared/data/isic2020-part", "../shared/data/isic2019-part"]
-SHAPES = {"4:3": 4 / 3, "1:1": 1.0, "3:2": 3 / 2}
-
-
-def shape_of(path: str | Path) -> str:
-    """The nearest of SHAPES to the image's aspect ratio (long side over short side), within 3 %, else "other"."""
-    with Image.open(path) as image:
-        width, height = image.size
-    ratio = max(width, height) / min(width, height)
-    name, target = min(SHAPES.items(), key=lambda item: abs(item[1] - ratio))
-    return name if abs(target - ratio) / target < 0.03 else "other"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,10 +39,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     data = validation_set(args.dataset)
     probs, _ = validation_scores(args.model, data)
-    shapes = np.array([shape_of(p) for p in data.paths])
+    shapes = np.array([image_shape(p) for p in data.paths])
     train = prepare_data(DataArguments(dataset=list(args.dataset), drop_duplicates=True, near_duplicate_distance=4),
                          seed=42).dataset["train"].with_format(None)
-    train_shapes = Counter(zip(train["source"], (shape_of(p) for p in train["path"]), strict=True))
+    train_shapes = Counter(zip(train["source"], (image_shape(p) for p in train["path"]), strict=True))
     rows = []
     for source in sorted(set(data.sources.tolist())):
         for shape in sorted(set(shapes[data.sources == source].tolist())):

@@ -179,7 +179,7 @@ def test_validation_by_image_shape_groups_each_source_by_acquisition_shape(tiny_
     for size, shape in (((600, 450), "4:3"), ((450, 600), "4:3"), ((384, 256), "3:2"), ((100, 100), "1:1"),
                         ((500, 100), "other")):
         Image.new("RGB", size).save(tmp_path / "probe.png")
-        assert by_shape.shape_of(tmp_path / "probe.png") == shape, size
+        assert by_shape.image_shape(tmp_path / "probe.png") == shape, size
     data = make_image_folder(tmp_path / "data", {"train": 20, "test": 2}, size=48)
     wide = sorted((data / "train").rglob("*.jpg"))[::2]
     for path in wide:  # every other image becomes 4:3
