@@ -307,6 +307,9 @@ def label_balance(train, columns: Sequence[str], labels: Sequence[str]) -> dict:
     size and label mix before and after."""
     from .sampling import group_keys, reweighing_summary, reweighing_weights
 
+    if "label" in columns:
+        raise UsageError("--balance_label_by label: the label cannot be made independent of itself; "
+                         "--class_weighting balanced reweights the classes")
     try:
         groups = group_keys(train, columns)
     except ValueError as error:
@@ -315,6 +318,10 @@ def label_balance(train, columns: Sequence[str], labels: Sequence[str]) -> dict:
     weights = reweighing_weights(groups, train_labels)
     summary = reweighing_summary(groups, train_labels, weights, labels)
     logger.info("--balance_label_by %s: %s", " ".join(columns), summary)
+    single = [row["group"] for row in summary if max(row[f"{label}_share_before"] for label in labels) == 1.0]
+    if single:  # weights cannot change a group's label mix when it holds one label only
+        logger.warning("--balance_label_by: %d group(s) hold a single label, so their mix stays as it is: %s",
+                       len(single), ", ".join(single[:10]))
     return {"columns": list(columns), "groups": summary, "weights": weights}
 
 

@@ -117,7 +117,7 @@ def shaped_sources(tmp_path_factory) -> tuple[Path, Path]:
     return a, b
 
 
-def test_the_cli_reweighs_training_and_records_it(shaped_sources, tmp_path, monkeypatch):
+def test_the_cli_reweighs_training_and_records_it(shaped_sources, tmp_path, monkeypatch, caplog):
     a, b = shaped_sources
     samplers = []
     original = ReweighedTrainer._get_train_sampler
@@ -144,6 +144,7 @@ def test_the_cli_reweighs_training_and_records_it(shaped_sources, tmp_path, monk
     assert max(after) - min(after) < 1e-3  # ... is gone from what training samples
     assert sum(row["images"] for row in groups.values()) == metrics["settings"]["split_sizes"]["train"]
     assert "balance_label_by" in (out / "README.md").read_text()  # the card's settings name it
+    assert "hold a single label" not in caplog.text
     assert len(samplers) == 1 and samplers[0].weights.shape == (metrics["settings"]["split_sizes"]["train"],)
 
 
@@ -154,7 +155,22 @@ def test_cli_mistakes_are_clear_errors(shaped_sources, tmp_path, tiny_model_dir)
     with pytest.raises(training.UsageError, match=r"--balance_label_by: no column \['site'\]"):
         training.main(*parse_args(["--dataset", str(a), str(b), "--config_name", str(config_dir), "--output_dir",
                                    str(tmp_path / "x"), "--balance_label_by", "site", *TINY_TRAIN_ARGS]))
+    with pytest.raises(training.UsageError, match="cannot be made independent of itself"):
+        training.main(*parse_args(["--dataset", str(a), str(b), "--config_name", str(config_dir), "--output_dir",
+                                   str(tmp_path / "z"), "--balance_label_by", "source", "label", *TINY_TRAIN_ARGS]))
     with pytest.raises(training.UsageError, match="does nothing with --skip_training"):
         training.main(*parse_args(["--dataset", str(a), str(b), "--model_name_or_path", str(tiny_model_dir),
                                    "--skip_training", "true", "--output_dir", str(tmp_path / "y"),
                                    "--balance_label_by", "shape", *TINY_TRAIN_ARGS]))
+
+
+def test_groups_with_one_label_are_named_in_a_warning(caplog):
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"label": [0, 0, 1, 1, 0], "site": ["a", "a", "b", "b", "b"]})
+    with caplog.at_level("WARNING"):
+        balance = training.label_balance(rows, ["site"], ["benign", "malignant"])
+    assert "1 group(s) hold a single label" in caplog.text and ": a" in caplog.text
+    groups = {row["group"]: row for row in balance["groups"]}
+    assert groups["a"]["benign_share_after"] == 1.0  # nothing to mix
+    assert groups["b"]["malignant_share_after"] == pytest.approx(0.4)  # the overall mix, 2 of 5
