@@ -691,8 +691,9 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         settings.update(recipe_settings(recipe), evaluated_on=hardware())
     if averaging is not None:
         settings["weight_averaging"] = averaging.description()
-    if balance is not None:
-        settings["balance_label_by"] = balance
+    if balance is not None:  # the card's settings say what was done; metrics.json holds the groups
+        settings["balance_label_by"] = (f"{' '.join(balance['columns'])} (reweighing, {len(balance['groups'])} "
+                                        "groups; each group's label mix in metrics.json)")
     if any(isinstance(c, TimeBudgetCallback) and c.stopped for c in callbacks):
         settings["stopped_by_time_budget_min"] = model_args.max_train_minutes
     settings.update(calibration_summary(trainer.model.config, calibration))
@@ -702,7 +703,7 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
                "train": train_metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary"),
                "datasets": prepared.source_roots,
                "sources": _by_source(test=test_sources, validation=validation_sources),
-               "cam_frame_share": frame_share}
+               "cam_frame_share": frame_share, "balance_label_by": balance}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     card = build_model_card(
         model_name=output_dir.name, summary=summary, settings=settings, command=command_line(),

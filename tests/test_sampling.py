@@ -135,7 +135,8 @@ def test_the_cli_reweighs_training_and_records_it(shaped_sources, tmp_path, monk
                                "--balance_label_by", "source", "shape",
                                *TINY_TRAIN_ARGS]))
     metrics = json.loads((out / "metrics.json").read_text())
-    balance = metrics["settings"]["balance_label_by"]
+    assert metrics["settings"]["balance_label_by"].startswith("source shape (reweighing, 3 groups")
+    balance = metrics["balance_label_by"]
     assert balance["columns"] == ["source", "shape"]
     groups = {row["group"]: row for row in balance["groups"]}
     assert set(groups) == {"srcA / 1:1", "srcB / 1:1", "srcB / 4:3"}
