@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABCMeta
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -180,23 +181,29 @@ def warm_up(registry: ModelRegistry | None = None) -> None:
     import modeling.plots  # noqa: F401
 
 
-# `raw_upload` and `decision_label` override a method on the component instance (a subclass would make Gradio write a
-# .pyi stub next to this file). Never return gr.update(...) or gr.skip() for such a component: Gradio then rebuilds it
-# for the session from its constructor arguments, without the override.
+# The components below change one method of Gradio's. They are classes, not instance overrides, because a gr.update(...)
+# or gr.skip() returned for a component makes Gradio rebuild it for the session from its class and constructor
+# arguments; `is_template`: the browser and the API see the plain component.
 
 
-def raw_upload(component: gr.Image) -> gr.Image:
+class _WithoutStub(type(gr.Slider)):
+    """Gradio's component metaclass writes a .pyi stub next to the file that defines a component subclass; a subclass
+    that adds no events and no `__init__` needs nothing else that the metaclass does."""
+
+    def __new__(mcls, name, bases, attrs):
+        return ABCMeta.__new__(mcls, name, bases, attrs)
+
+
+class RawUploadImage(gr.Image, metaclass=_WithoutStub):
     """Hands the handler the uploaded file's path undecoded: gr.Image's own decoding would fail on a bad file before
     the handler runs, with no useful message, while `modeling.image_utils.load_image` says what is wrong."""
-    decode = component.preprocess
 
-    def preprocess(payload):
+    is_template = True
+
+    def preprocess(self, payload):
         if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            return decode(payload)
+            return super().preprocess(payload)
         return str(payload.path)  # Gradio has already checked that the path is an upload in its cache
-
-    component.preprocess = preprocess
-    return component
 
 
 def threshold_problem(value: Any, minimum: float = 0.0, maximum: float = 1.0) -> str | None:
@@ -214,39 +221,35 @@ def reset_request(threshold: float) -> dict[str, float]:
     return {"threshold": threshold, "at": time.monotonic()}
 
 
-def bounded_threshold(component: gr.Slider) -> gr.Slider:
-    """An out-of-range threshold given to an analysis (the API, or Analyse clicked before the box was left) fails with
-    a message that names the setting and what was typed, without a server traceback (Gradio's own check says "Value
-    1.5 is greater than maximum value 1.0." and logs a stack trace for a typo). The sliders' `.change` events take
-    the raw value instead (`preprocess=False`) and put the slider back: see `on_threshold_moved`. (A slider that a
-    gr.update rebuilds, as a model switch does to relabel it, is Gradio's own again for that session.)"""
-    check = component.preprocess
+class BoundedSlider(gr.Slider, metaclass=_WithoutStub):
+    """A threshold slider whose out-of-range value given to an analysis (the API, or Analyse clicked before the box was
+    left) fails with a message that names the setting and what was typed, without a server traceback (Gradio's own
+    check says "Value 1.5 is greater than maximum value 1.0." and logs a stack trace for a typo), also after a model
+    switch has relabelled the slider. The sliders' `.change` events take the raw value instead (`preprocess=False`)
+    and put the slider back: see `on_threshold_moved`."""
 
-    def preprocess(payload):
-        problem = threshold_problem(payload, component.minimum, component.maximum) if payload is not None else None
+    is_template = True
+
+    def preprocess(self, payload):
+        problem = threshold_problem(payload, self.minimum, self.maximum) if payload is not None else None
         if problem:
             raise gr.Error(f"{problem}.", title="Threshold out of range", print_exception=False)
-        return check(payload)
-
-    component.preprocess = preprocess
-    return component
+        return super().preprocess(payload)
 
 
-def decision_label(component: gr.Label) -> gr.Label:
+class DecisionLabel(gr.Label, metaclass=_WithoutStub):
     """Lets the handler return `(label, {class: probability})`, so that the Label's `label` (what the API returns)
     is the thresholded decision rather than the most probable class."""
-    encode = component.postprocess
 
-    def postprocess(value):
+    is_template = True
+
+    def postprocess(self, value):
         if isinstance(value, tuple):
             label, probs = value
-            data = encode(probs)
+            data = super().postprocess(probs)
             data.label = label
             return data
-        return encode(value)
-
-    component.postprocess = postprocess
-    return component
+        return super().postprocess(value)
 
 
 def _user_errors(fn):
@@ -646,14 +649,14 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
-                    image = raw_upload(gr.Image(label="Lesion image", type="filepath", sources=["upload", "clipboard"],
-                                                height=300, elem_id="lesion-image"))
+                    image = RawUploadImage(label="Lesion image", type="filepath", sources=["upload", "clipboard"],
+                                           height=300, elem_id="lesion-image")
                     # Gradio's own reset button goes back to the value the page loaded with, not the selected
                     # model's threshold: hidden, and a button of ours resets to the model's.
-                    threshold = bounded_threshold(gr.Slider(
+                    threshold = BoundedSlider(
                         0.0, 1.0, value=info.decision_threshold, step=0.01, elem_id="threshold",
                         label=threshold_label(default), buttons=[],
-                        info="Default: the threshold chosen on validation (model config), else 0.5"))
+                        info="Default: the threshold chosen on validation (model config), else 0.5")
                     reset_threshold = gr.Button("↺ The model's threshold", size="sm", elem_id="reset-threshold")
                     tta = gr.Checkbox(False, label="Test-time augmentation (8 flips/rotations, averaged; shows the "
                                                    "spread)", elem_id="tta")
@@ -669,8 +672,8 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                 with gr.Column():
                     decision = gr.HTML(elem_id="decision", css_template=DECISION_CSS, js_on_load=None,
                                        label="Decision")
-                    probs = decision_label(gr.Label(label="Class probabilities (calibrated)", show_heading=False,
-                                                    elem_id="probabilities"))
+                    probs = DecisionLabel(label="Class probabilities (calibrated)", show_heading=False,
+                                          elem_id="probabilities")
                     cam = gr.Image(label="Class activation map", type="numpy",
                                    interactive=False, format="png", height=320, elem_id="cam")
                     caption = gr.Markdown(elem_id="cam-caption", label="Grad-CAM caption")
@@ -680,16 +683,16 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
                                       label="Fusion summary")
             with gr.Accordion("Prediction as JSON (what the API returns)", open=False):
                 result_json = gr.JSON(label="Prediction", elem_id="prediction-json")
-            # A Dataset rather than gr.Examples, whose click sends gr.update(...) to the image (see raw_upload).
+            # A Dataset of the example paths: a click puts the path into the image and analyses it.
             example_set = (gr.Dataset(components=[image], samples=[[str(p)] for p in examples], label="Examples",
                                       type="index", elem_id="examples") if examples else None)
         with gr.Tab("Batch"):
             files = gr.File(file_count="multiple", label="Images", type="filepath", elem_id="batch-files")
             with gr.Row():
                 with gr.Column(min_width=240):
-                    batch_threshold = bounded_threshold(gr.Slider(
+                    batch_threshold = BoundedSlider(
                         0.0, 1.0, value=info.decision_threshold, step=0.01, buttons=[],
-                        label=threshold_label(default), elem_id="batch-threshold"))
+                        label=threshold_label(default), elem_id="batch-threshold")
                     reset_batch_threshold = gr.Button("↺ The model's threshold", size="sm",
                                                       elem_id="reset-batch-threshold")
                 batch_tta = gr.Checkbox(False, label="Test-time augmentation")
@@ -738,7 +741,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         # `.change` covers every way the threshold moves: dragging, arrow keys, the number box, the reset button.
         # The raw value (`preprocess=False`), so that one typed out of range is answered, not failed on; putting the
         # slider back goes through a State (`reset_request`) because a handler that lists the slider among its outputs
-        # would have to answer gr.skip() otherwise, which rebuilds the slider without `bounded_threshold`.
+        # would have to answer gr.skip() otherwise, which rebuilds the slider for the session on every valid move.
         threshold.change(on_threshold_moved, [session, threshold, model_choice], [*threshold_outputs, threshold_reset],
                          api_visibility="private", trigger_mode="always_last", show_progress="minimal",
                          preprocess=False)

@@ -204,3 +204,32 @@ def test_the_app_opens_on_the_recommended_model_with_the_reference_one_in_the_dr
     served = app.served_model(model, processor, info, app.backend_or_exit(app.DEFAULT_MODEL, model, processor))
     assert served.backend is not None and served.cam_backend is served.backend
     assert "Grad-CAM: PyTorch above the backbone's stage maps" in served.about()
+
+
+def test_a_model_switch_keeps_the_sliders_range_check(demo, image_path):
+    """A model switch relabels both sliders with a gr.update, for which Gradio rebuilds each for the session from its
+    class: the rebuilt sliders still answer an out-of-range threshold with the app's message (not Gradio's "Value 1.5
+    is greater than maximum value 1.0." and a server traceback), and the image and the label rebuilt the same way keep
+    their own behaviour. Driven through Gradio's own postprocessing with a session state."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    block_fn = next(f for f in demo.fns.values() if f.name == "on_model")
+    state = SessionState(demo)
+    predictions = block_fn.fn("lite0-tiny", image_path, False, "fused", "gradcam")
+    asyncio.run(demo.postprocess_data(block_fn, list(predictions), state))
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    for elem_id in ("threshold", "batch-threshold"):
+        original = by_id[elem_id]
+        rebuilt = state[original._id]
+        assert rebuilt is not original  # rebuilt for the session
+        with pytest.raises(gr.Error, match="between 0 and 1; 1.5 was typed"):
+            rebuilt.preprocess(1.5)
+        assert rebuilt.preprocess(0.25) == 0.25
+        assert rebuilt.get_block_name() == "slider"  # the browser and the API see a plain slider
+    for elem_id, kind in (("lesion-image", app.RawUploadImage), ("probabilities", app.DecisionLabel)):
+        rebuilt = type(by_id[elem_id])(**{**by_id[elem_id].constructor_args, "render": False})  # as Gradio does
+        assert isinstance(rebuilt, kind)
+    label = app.DecisionLabel(render=False).postprocess(("malignant", {"benign": 0.7, "malignant": 0.3}))
+    assert label.label == "malignant"  # the decision, not the most probable class
