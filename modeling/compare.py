@@ -54,6 +54,25 @@ def paired_table(differences: dict[str, dict], reference: str) -> str:
     return "\n".join(rows)
 
 
+def _without_source(ids: list[str]) -> list[str]:
+    """`ids` without the folder they all start with: a run on several sources names its images
+    `<source>/<split>/<label>/<file>`, a run on one source `<split>/<label>/<file>`."""
+    heads = {sample.split("/", 1)[0] for sample in ids}
+    if len(heads) != 1 or not all("/" in sample for sample in ids):
+        return ids
+    return [sample.split("/", 1)[1] for sample in ids]
+
+
+def paired_ids(ids: list[str], other_ids: list[str]) -> tuple[list[str], list[str]] | None:
+    """The two runs' image ids in one naming, so that a run on one source and a run on several that was evaluated on
+    that source's images pair up; None when they are not the same images."""
+    for a in (ids, _without_source(ids)):
+        for b in (other_ids, _without_source(other_ids)):
+            if sorted(a) == sorted(b):
+                return a, b
+    return None
+
+
 def write_comparison(out_dir, summaries: dict[str, dict],
                      predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]] | None = None,
                      n_resamples: int = 2000) -> dict:
@@ -68,13 +87,14 @@ def write_comparison(out_dir, summaries: dict[str, dict],
     if predictions and len(summaries) > 1 and set(predictions) >= set(summaries):
         reference, *others = list(summaries)
         ids, labels, probs = predictions[reference]
-        order = {sample: i for i, sample in enumerate(ids)}
         differences = {}
         for name in others:
             other_ids, other_labels, other_probs = predictions[name]
-            if sorted(other_ids) != sorted(ids):
+            paired = paired_ids(list(ids), list(other_ids))
+            if paired is None:
                 raise DataError(f"{name} and {reference} were not evaluated on the same images")
-            index = np.array([order[sample] for sample in other_ids])
+            order = {sample: i for i, sample in enumerate(paired[0])}
+            index = np.array([order[sample] for sample in paired[1]])
             if not np.array_equal(labels[index], other_labels):
                 raise DataError(f"{name} and {reference} disagree on the labels of the same images")
             differences[name] = paired_bootstrap(labels[index], other_probs, probs[index],

@@ -266,3 +266,22 @@ def test_predictions_round_trip_and_paired_comparison(tmp_path):
     assert "## Paired differences from `a` (same 80 images)" in text and "| b | " in text
     with pytest.raises(ValueError, match="same images"):
         write_comparison(tmp_path, summaries, {"a": (ids, labels, probs), "b": (ids[:79], labels[:79], probs[:79])})
+
+
+def test_a_run_on_one_source_pairs_with_a_run_on_several(tmp_path):
+    """A run on several sources names its test images `<source>/test/...`, a run on one `test/...`: evaluated on the
+    same images they pair; images that differ after the source folder still do not."""
+    rng = np.random.default_rng(3)
+    labels, p = rng.integers(0, 2, 40), rng.random(40)
+    probs = np.stack([1 - p, p], axis=1)
+    ids = [f"test/{'malignant' if y else 'benign'}/{i}.jpg" for i, y in enumerate(labels)]
+    both = [f"isic2020-part/{sample}" for sample in ids]
+    summaries = {"one": {"threshold": 0.5, "metrics": {}}, "both": {"threshold": 0.5, "metrics": {}}}
+    order = rng.permutation(40)
+    payload = write_comparison(tmp_path, summaries, {"one": (ids, labels, probs),
+                                                        "both": ([both[i] for i in order], labels[order],
+                                                                 probs[order])}, n_resamples=50)
+    assert payload["paired_differences"]["both"]["roc_auc"]["delta"] == pytest.approx(0, abs=1e-12)
+    other = [f"isic2020-part/test/x/{i}.jpg" for i in range(40)]
+    with pytest.raises(ValueError, match="same images"):
+        write_comparison(tmp_path, summaries, {"one": (ids, labels, probs), "both": (other, labels, probs)})
