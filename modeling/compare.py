@@ -65,11 +65,11 @@ def _without_source(ids: list[str]) -> list[str]:
 
 def paired_ids(ids: list[str], other_ids: list[str]) -> tuple[list[str], list[str]] | None:
     """The two runs' image ids in one naming, so that a run on one source and a run on several that was evaluated on
-    that source's images pair up; None when they are not the same images."""
-    for a in (ids, _without_source(ids)):
-        for b in (other_ids, _without_source(other_ids)):
-            if sorted(a) == sorted(b):
-                return a, b
+    that source's images pair up; None when they are not the same images. The folder is dropped from one side only:
+    dropped from both, two sources' `test/benign/1.jpg` would pair."""
+    for a, b in ((ids, other_ids), (_without_source(ids), other_ids), (ids, _without_source(other_ids))):
+        if sorted(a) == sorted(b):
+            return a, b
     return None
 
 

@@ -283,5 +283,7 @@ def test_a_run_on_one_source_pairs_with_a_run_on_several(tmp_path):
                                                                  probs[order])}, n_resamples=50)
     assert payload["paired_differences"]["both"]["roc_auc"]["delta"] == pytest.approx(0, abs=1e-12)
     other = [f"isic2020-part/test/x/{i}.jpg" for i in range(40)]
-    with pytest.raises(ValueError, match="same images"):
-        write_comparison(tmp_path, summaries, {"one": (ids, labels, probs), "both": (other, labels, probs)})
+    elsewhere = [f"isic2019-part/{sample}" for sample in ids]  # another source's images of the same names
+    for wrong in (other, elsewhere):
+        with pytest.raises(ValueError, match="same images"):
+            write_comparison(tmp_path, summaries, {"one": (both, labels, probs), "both": (wrong, labels, probs)})
