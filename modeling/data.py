@@ -187,6 +187,7 @@ class PreparedData:
     dropped_duplicates: list[str]
     sources: list[str] = field(default_factory=list)  # names, in the order given (the `source` column's values)
     source_roots: dict[str, str] = field(default_factory=dict)  # name -> the folder or Hub id as given
+    whole_sources: list[str] = field(default_factory=list)  # evaluation only: sources without a test split, all used
 
     def source_indices(self, split: str) -> dict[str, np.ndarray]:
         """Row indices of each source within a split (sources without rows in it are left out)."""
@@ -224,6 +225,7 @@ class _Source:
     labels: list[str]
     records: list[ImageRecord]
     skipped: list[tuple[str, str]]
+    whole: bool = False  # evaluation only: no test split, so all of it stands in for one
 
 
 def _load_source(source: str, name: str, image_column: str, label_column: str) -> _Source:
@@ -249,8 +251,9 @@ def _split_source(part: _Source, validation_fraction: float, seed: int, carve_te
     """One source's splits: its own test split kept as it is, test carved only with `carve_test_fraction`,
     validation carved from train (stratified, seeded). `evaluation_only`: its test split, or all of it."""
     dataset, records, name = part.dataset, part.records, part.name
+    whole = evaluation_only and "test" not in dataset
     if evaluation_only:
-        if "test" not in dataset:  # no test split: evaluate on all of it
+        if whole:  # no test split: evaluate on all of it (the caller says so)
             dataset = DatasetDict({"test": concatenate_datasets(list(dataset.values()))})
         dataset = DatasetDict({"test": dataset["test"]})
     else:
@@ -265,7 +268,7 @@ def _split_source(part: _Source, validation_fraction: float, seed: int, carve_te
         for record in records:
             record.split = split_of[record.path]
     dataset = DatasetDict({split: rows.add_column("source", [name] * len(rows)) for split, rows in dataset.items()})
-    return _Source(name, dataset, part.labels, records, part.skipped)
+    return _Source(name, dataset, part.labels, records, part.skipped, whole)
 
 
 def _same_labels(first: _Source, other: _Source, first_root: str, other_root: str) -> _Source:
@@ -347,7 +350,8 @@ def build_dataset_dict(
                                    for name, part in dataset.items()})
             logger.info("dropped %d duplicate image(s) from train/validation", len(dropped))
         duplicates = find_duplicates(records, near_duplicate_distance)
-    return PreparedData(dataset, labels, duplicates, skipped, dropped, names, dict(zip(names, roots, strict=True)))
+    return PreparedData(dataset, labels, duplicates, skipped, dropped, names, dict(zip(names, roots, strict=True)),
+                        [part.name for part in parts if part.whole])
 
 
 def _load_hub_dataset(dataset_id: str, image_column: str, label_column: str) -> tuple[DatasetDict, list[str]]:

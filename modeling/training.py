@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets import DatasetDict
 from scipy.special import softmax
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
@@ -156,6 +157,12 @@ class DataArguments:
                 "the image's aspect ratio class, which in the ISIC archive marks the acquisition): training batches "
                 "are drawn with weights P(group) P(label) / P(group, label) (Kamiran & Calders' reweighing), so "
                 "each group keeps its size and takes the overall label mix"})
+    eval_split: str = field(default="test", metadata={
+        "choices": ["test", "validation"],
+        "help": "--do_eval_only: each source's test split (all of a source without one, with a warning), or the "
+                "validation split a training run on the same --dataset, --validation_fraction, --split_seed and "
+                "--drop_duplicates carves (e.g. another source's, for a model trained on one); --test_fraction "
+                "carves the test split as training does"})
     max_train_samples: int | None = field(default=None, metadata={"help": "truncate train (debugging)"})
     save_dataset_to: str | None = field(default=None, metadata={"help": "save the prepared DatasetDict here"})
     push_dataset_to_hub: str | None = field(default=None, metadata={"help": "push the prepared DatasetDict"})
@@ -730,20 +737,53 @@ def push_folder(folder: Path, repo_id: str, token: str | None = None, private: b
     return repo.repo_id
 
 
+def evaluation_data(data_args: DataArguments) -> PreparedData:
+    """The images `--do_eval_only` scores, as the split "test" (or "validation" with `--eval_split validation`):
+    each source's test split (with `--test_fraction`, carved as training carves it; otherwise all of a source
+    without one, named in a warning, since a model trained on that source has seen most of it), or each source's
+    validation split carved exactly as training carves it."""
+    if data_args.eval_split not in ("test", "validation"):
+        raise UsageError(f"--eval_split must be 'test' or 'validation', got {data_args.eval_split!r}")
+    if data_args.eval_split == "test" and data_args.test_fraction > 0:  # the test split training carved
+        prepared = training_splits(data_args)
+        prepared.dataset = DatasetDict({"test": prepared.dataset["test"]})
+        return prepared
+    if data_args.eval_split == "test":
+        prepared = build_dataset_dict(data_args.dataset, validation_fraction=0.0, evaluation_only=True)
+        if prepared.whole_sources:
+            logger.warning("%s %s no test split: evaluating all of its images as 'test'. A model trained on it has "
+                           "seen most of them; --eval_split validation scores the validation split training carves.",
+                           ", ".join(prepared.whole_sources), "has" if len(prepared.whole_sources) == 1 else "have")
+        return prepared
+    prepared = training_splits(data_args)  # training's own call: the same validation images
+    if "validation" not in prepared.dataset:
+        raise UsageError("--eval_split validation: the data has no training images to carve a validation split from")
+    missing = sorted(set(prepared.sources) - set(prepared.source_indices("validation")))
+    if missing:
+        raise UsageError(f"--eval_split validation: {', '.join(missing)} has no training images to carve a "
+                         "validation split from")
+    prepared.dataset = DatasetDict({"validation": prepared.dataset["validation"]})
+    return prepared
+
+
 def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    """Evaluates a saved model on the test split of a folder (or on all of it when it has no splits), at the
-    threshold and temperature its config records."""
+    """Evaluates a saved model on the test split of a folder (or on all of it when it has no splits), or with
+    `--eval_split validation` on the validation split training carves, at the threshold and temperature its config
+    records. The layout is a training run's: the test report in `report/`, the validation one in
+    `report/validation/`, so that `modeling.compare` reads either."""
     if not model_args.model_name_or_path:
         raise UsageError("--do_eval_only needs --model_name_or_path")
+    if not data_args.dataset:
+        raise UsageError("--dataset is required (an image folder or a Hub dataset id)")
+    prepared = evaluation_data(data_args)
+    split = data_args.eval_split
     model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-    # Each source's test split, or all of a source without one.
-    prepared = build_dataset_dict(data_args.dataset, validation_fraction=0.0, evaluation_only=True)
     model_labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
     if set(prepared.labels) != set(model_labels):
         raise UsageError(f"the data's labels {prepared.labels} do not match the model's {model_labels}")
     if prepared.labels != model_labels:  # same names, other order: re-index the data to the model's ids
-        prepared.dataset = prepared.dataset.cast_column("label", type(prepared.dataset["test"].features["label"])(
+        prepared.dataset = prepared.dataset.cast_column("label", type(prepared.dataset[split].features["label"])(
             names=model_labels))
     prepared.labels = model_labels
     # The decision rule's one home is the config (a threshold on p(class 1) only means something binary).
@@ -757,34 +797,43 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     shutil.rmtree(staging, ignore_errors=True)
     from .report import write_report
 
-    logits, labels = predict_logits(trainer, prepared.dataset["test"])
+    part = prepared.dataset[split]
+    logits, labels = predict_logits(trainer, part)
     probs = calibrated_probabilities(logits, temperature(model.config)).numpy()
-    title = f"{Path(model_args.model_name_or_path).name} on {' + '.join(prepared.sources)}"
-    summary = write_report(staging / "report", labels, probs, prepared.labels, threshold=threshold,
-                           uncalibrated_probs=softmax(logits, axis=-1),
-                           threshold_source=source, title=title,
-                           sample_ids=sample_ids(prepared.dataset["test"], prepared.source_roots))
-    test_sources = source_reports(staging / "report", prepared, "test", labels, probs, softmax(logits, axis=-1),
-                                  threshold, source, title)
-    frame_share = frame_share_report(model_args, staging / "report", trainer.model, processor, prepared.dataset["test"],
-                                     sample_ids(prepared.dataset["test"], prepared.source_roots),
+    what = {"test": "", "validation": " (validation split)"}[split]
+    if split == "test" and prepared.whole_sources:
+        what = f" (all images of {', '.join(prepared.whole_sources)}: no test split)"
+    title = f"{Path(model_args.model_name_or_path).name} on {' + '.join(prepared.sources)}{what}"
+    report_dir = staging / "report" / ("validation" if split == "validation" else "")
+    ids = sample_ids(part, prepared.source_roots)
+    summary = write_report(report_dir, labels, probs, prepared.labels, threshold=threshold,
+                           uncalibrated_probs=softmax(logits, axis=-1), threshold_source=source, title=title,
+                           sample_ids=ids)
+    per_source = source_reports(report_dir, prepared, split, labels, probs, softmax(logits, axis=-1), threshold,
+                                source, title)
+    frame_share = frame_share_report(model_args, report_dir, trainer.model, processor, part, ids,
                                      not args.disable_tqdm, title)
-    metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "test": summary,
-               "datasets": prepared.source_roots, "sources": _by_source(test=test_sources),
-               "cam_frame_share": frame_share}
+    metrics = {"model": model_args.model_name_or_path, "dataset": data_args.dataset, "eval_split": split,
+               split: summary, "datasets": prepared.source_roots, "sources": _by_source(**{split: per_source}),
+               "whole_sources": prepared.whole_sources, "cam_frame_share": frame_share}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _publish(staging, out)
     return metrics
 
 
-def prepare_data(data_args: DataArguments, seed: int) -> PreparedData:
+def training_splits(data_args: DataArguments) -> PreparedData:
+    """The splits a training run on `data_args` uses (and `--eval_split validation` re-creates)."""
     if not data_args.dataset:
         raise UsageError("--dataset is required (an image folder or a Hub dataset id)")
-    prepared = build_dataset_dict(
+    return build_dataset_dict(
         data_args.dataset, validation_fraction=data_args.validation_fraction, seed=data_args.split_seed,
         drop_cross_split_duplicates=data_args.drop_duplicates,
         near_duplicate_distance=data_args.near_duplicate_distance, image_column=data_args.image_column_name,
         label_column=data_args.label_column_name, carve_test_fraction=data_args.test_fraction)
+
+
+def prepare_data(data_args: DataArguments, seed: int) -> PreparedData:
+    prepared = training_splits(data_args)
     logger.info("data: %s, labels %s, duplicates %s, %d unreadable file(s) skipped",
                 {k: len(v) for k, v in prepared.dataset.items()}, prepared.labels,
                 prepared.duplicates.get("summary"), len(prepared.skipped))

@@ -210,3 +210,71 @@ def test_eval_only_on_several_sources(two_source_run, two_sources, tmp_path):
     assert (tmp_path / "report" / "roc_by_source.png").is_file()
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["sources"]["srcB"]["test"]["metrics"] == result["sources"]["srcB"]["test"]["metrics"]
+
+
+def test_eval_only_names_a_source_it_evaluates_whole(two_source_run, two_sources, tmp_path, caplog):
+    """A source without a test split is evaluated whole, and said so: a model trained on it has seen most of it."""
+    a, b = two_sources
+    with caplog.at_level("WARNING", logger="modeling.training"):
+        result = training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(two_source_run),
+                                            "--dataset", str(a), str(b), "--output_dir", str(tmp_path),
+                                            *TINY_TRAIN_ARGS]))
+    assert result["whole_sources"] == ["srcB"]
+    assert "srcB has no test split" in caplog.text
+    assert "no test split" in result["test"]["title"]
+
+
+def _ids(report: Path) -> list[str]:
+    from modeling.report import read_predictions
+
+    return read_predictions(report / "predictions.csv")[0]
+
+
+def test_eval_only_recreates_the_splits_training_carved(two_source_run, two_sources, tmp_path):
+    """`--eval_split validation` (and `--test_fraction`) give the very images a training run on the same data held
+    out, also for one of its sources alone: what a cross-source table of a one-source model needs."""
+    from modeling.compare import compare_runs, paired_ids
+
+    a, b = two_sources
+    split_args = ["--validation_fraction", "0.25", "--test_fraction", "0.2", "--drop_duplicates", "true",
+                  "--cam_frame_share", "false", *TINY_TRAIN_ARGS]
+    both = training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(two_source_run),
+                                      "--dataset", str(a), str(b), "--eval_split", "validation",
+                                      "--output_dir", str(tmp_path / "both"), *split_args]))
+    trained = json.loads((two_source_run / "metrics.json").read_text())
+    assert both["validation"]["n"] == trained["validation"]["n"]
+    assert sorted(_ids(tmp_path / "both" / "report" / "validation")) == sorted(
+        _ids(two_source_run / "report" / "validation"))
+    assert not (tmp_path / "both" / "report" / "report.json").exists()  # no test report pretends to be one
+
+    tested = training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(two_source_run),
+                                        "--dataset", str(b), "--output_dir", str(tmp_path / "b_test"),
+                                        *split_args]))
+    assert tested["whole_sources"] == []
+    assert tested["test"]["n"] == trained["sources"]["srcB"]["test"]["n"]  # the carved 20 %, not all of B
+
+    training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(two_source_run), "--dataset",
+                               str(b), "--eval_split", "validation", "--output_dir", str(tmp_path / "b"),
+                               *split_args]))
+    alone = _ids(tmp_path / "b" / "report" / "validation")
+    in_both = _ids(two_source_run / "report" / "validation" / "sources" / "srcB")
+    assert paired_ids(alone, in_both) is not None  # B alone, B among two sources: the same validation images
+
+    # The same model, read from its training run and from the one-source evaluation: the cross-source section
+    # pairs B's validation images and finds no difference.
+    payload = compare_runs(tmp_path / "cmp", {"two": two_source_run, "again": [tmp_path / "b"]}, n_resamples=20)
+    cross = payload["cross_source"]
+    assert cross["models"]["again"]["trained_on"] == ["srcA", "srcB"]  # read from the evaluated model's directory
+    assert set(cross["models"]["again"]["sets"]) == {"srcB validation"}
+    assert cross["paired_differences"]["again"]["srcB validation"]["roc_auc"]["delta"] == pytest.approx(0, abs=1e-6)
+    assert "again" in (tmp_path / "cmp" / "comparison.md").read_text().split("Not in the test table")[1]
+
+
+def test_eval_split_validation_needs_training_images(two_sources, two_source_run, tmp_path):
+    a, _ = two_sources
+    only_test = tmp_path / "only_test"
+    shutil.copytree(a / "test", only_test / "test")
+    with pytest.raises(training.UsageError, match="no training images"):
+        training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(two_source_run),
+                                   "--dataset", str(only_test), "--eval_split", "validation",
+                                   "--output_dir", str(tmp_path), *TINY_TRAIN_ARGS]))
