@@ -287,3 +287,67 @@ def test_a_run_on_one_source_pairs_with_a_run_on_several(tmp_path):
     for wrong in (other, elsewhere):
         with pytest.raises(ValueError, match="same images"):
             write_comparison(tmp_path, summaries, {"one": (both, labels, probs), "both": (wrong, labels, probs)})
+
+
+def _fake_run(folder, splits: dict[str, dict[str, int]], trained: list[str] | None, model=None, seed: int = 0):
+    """A run directory as train_hf.py writes it: {split: {source: n images}} reports (per source with several),
+    `metrics.json` naming the sources, and either a training run's "train" entry or an evaluated model's path."""
+    from modeling.report import write_source_reports
+
+    rng = np.random.default_rng(seed)
+    names = list(dict.fromkeys(source for per_source in splits.values() for source in per_source))
+    for split, per_source in splits.items():
+        labels = np.concatenate([np.arange(n) % 2 for n in per_source.values()])
+        p = np.clip(0.3 * labels + 0.7 * rng.random(len(labels)), 0, 1)
+        probs = np.stack([1 - p, p], axis=1)
+        sources = [source for source, n in per_source.items() for _ in range(n)]
+        folder_of = {"train": "train", "test": "test", "validation": "train"}
+        index = [i for n in per_source.values() for i in range(n)]  # each source numbers its own images
+        ids = [f"{folder_of[split]}/{LABEL_NAMES[y]}/{i}.jpg" for i, y in zip(index, labels, strict=True)]
+        if len(names) > 1:
+            ids = [f"{source}/{sample}" for source, sample in zip(sources, ids, strict=True)]
+        out = folder / "report" / ("validation" if split == "validation" else "")
+        write_report(out, labels, probs, LABEL_NAMES, n_resamples=20, sample_ids=ids)
+        if len(names) > 1:
+            write_source_reports(out, labels, probs, LABEL_NAMES, sources, n_resamples=20, sample_ids=ids)
+    metrics = {"datasets": {name: f"data/{name}" for name in names}}
+    metrics.update({"train": {}} if trained is not None else {"model": str(model)})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_cross_source_table_gathers_a_models_runs_and_marks_unseen_sources(tmp_path):
+    """A model trained on A, with an evaluation-only run on B's validation split beside it, against a model
+    trained on A + B: one row each, B in italics for the first; a set read twice, or no report at all, is an error."""
+    from modeling.compare import compare_runs, main, parse_runs
+
+    both = _fake_run(tmp_path / "both", {"test": {"A": 30}, "validation": {"A": 20, "B": 24}}, ["A", "B"])
+    one = _fake_run(tmp_path / "one", {"test": {"A": 30}, "validation": {"A": 20}}, ["A"], seed=1)
+    one_on_b = _fake_run(tmp_path / "one_on_b", {"validation": {"B": 24}}, None, model=one, seed=2)
+    payload = compare_runs(tmp_path / "cmp", {"both": both, "one": [one, one_on_b]}, n_resamples=20)
+    cross = payload["cross_source"]
+    assert cross["sets"] == ["A test", "A validation", "B validation"]
+    assert cross["models"]["one"]["trained_on"] == ["A"]
+    assert set(cross["models"]["one"]["sets"]) == {"A test", "A validation", "B validation"}
+    assert set(cross["paired_differences"]["one"]) == {"A test", "A validation", "B validation"}
+    rows = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "cmp" / "comparison.md").read_text()
+            .split("## Per source and split")[1].split("Each model at")[0].splitlines() if line.startswith("| ")}
+    assert rows["one"].count("*") == 4 and rows["one"].split(" | ")[-1].startswith("*")  # B: never trained on
+    assert "*" not in rows["both"]
+    assert parse_runs(["x=r1", "y=r2", "x=r3", "r4"]) == {"x": ["r1", "r3"], "y": ["r2"], "r4": ["r4"]}
+    with pytest.raises(SystemExit):  # the same reports twice under one name
+        main(["--output_dir", str(tmp_path / "c2"), f"one={one}", f"one={one}"])
+    with pytest.raises(SystemExit):
+        main(["--output_dir", str(tmp_path / "c3"), f"x={tmp_path / 'nowhere'}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main(["--output_dir", str(tmp_path / "c4"), f"x={tmp_path / 'empty'}"])
+
+
+def test_a_comparison_on_one_source_and_split_has_no_cross_source_section(tmp_path):
+    a = _fake_run(tmp_path / "a", {"test": {"A": 30}}, ["A"])
+    b = _fake_run(tmp_path / "b", {"test": {"A": 30}}, ["A"], seed=1)
+    from modeling.compare import compare_runs
+
+    payload = compare_runs(tmp_path / "cmp", {"a": a, "b": b}, n_resamples=20)
+    assert "cross_source" not in payload and "paired_differences" in payload
