@@ -1,7 +1,7 @@
 """Tables of a recipes/gpu_sweep.py session: cross-source results, the fusion claim with paired bootstrap differences,
 the ablations, the fine-tuning recipe and the learned fusion weights.
 
-    python recipes/sweep_report.py results/gpu-sweep/raw/*.json.gz --out results/gpu-sweep
+    python recipes/sweep_report.py results/gpu-sweep/raw --out results/gpu-sweep   # or the raw/*.json.gz files
 
 Every probability is the softmax of the run's logits (no temperature); each run's decision threshold is chosen on
 the validation split(s) of the sources it trained on (Youden), never on test. ROC AUC needs no threshold. Each
@@ -31,10 +31,30 @@ TRAINED_ON = {("isic2020-part",): "isic2020-part", ("isic2019-part",): "isic2019
               ("isic2020-part", "isic2019-part"): "both"}
 
 
+def result_files(paths: list[str]) -> list[Path]:
+    """The sweep's result files: each path a `.json.gz` file, or a folder of them (e.g. `results/gpu-sweep/raw`)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.json.gz"))
+            if not found:
+                raise ValueError(f"{path} holds no *.json.gz result files of recipes/gpu_sweep.py")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    return files
+
+
 def load(paths: list[str]) -> dict[str, dict]:
+    """Every run of the sweep's result files (or folders of them), by name."""
     runs: dict[str, dict] = {}
-    for path in paths:
-        runs.update(json.loads(zlib.decompress(Path(path).read_bytes()))["runs"])
+    for path in result_files(paths):
+        try:
+            runs.update(json.loads(zlib.decompress(path.read_bytes()))["runs"])
+        except (zlib.error, json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not a result file of recipes/gpu_sweep.py ({error!r})") from error
     return runs
 
 
@@ -230,12 +250,15 @@ def tables(runs: dict[str, dict]) -> str:
     return "\n".join(out) + "\n", metrics
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+")
+    parser.add_argument("results", nargs="+", help="the sweep's *.json.gz result files, or folders of them")
     parser.add_argument("--out", default="results/gpu-sweep")
-    args = parser.parse_args()
-    runs = load(args.results)
+    args = parser.parse_args(argv)
+    try:
+        runs = load(args.results)
+    except ValueError as error:
+        parser.error(str(error))
     text, metrics = tables(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

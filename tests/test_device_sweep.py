@@ -228,6 +228,27 @@ def test_seed_means_average_probabilities_on_the_same_images():
         sweep_report.average_runs([a, {**b, "ids": ["y", "x"]}])
 
 
+
+def test_sweep_report_reads_a_folder_of_results_and_refuses_other_files(tmp_path, capsys):
+    """`sweep_report.py results/<sweep>/raw` reads the folder's *.json.gz; a folder without them, a missing path or
+    a file that is no sweep result is one usage line, not a traceback."""
+    import zlib
+
+    import sweep_report
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in (1, 2):
+        (raw / f"session{i}.json.gz").write_bytes(zlib.compress(json.dumps({"runs": {f"run{i}": {}}}).encode()))
+    assert set(sweep_report.load([str(raw)])) == {"run1", "run2"}
+    assert set(sweep_report.load([str(raw / "session2.json.gz")])) == {"run2"}
+    (tmp_path / "notes.txt").write_text("not a result")
+    for wrong, message in ((tmp_path, "holds no"), (tmp_path / "nowhere", "no such file"),
+                           (tmp_path / "notes.txt", "not a result file")):
+        with pytest.raises(SystemExit):
+            sweep_report.main([str(wrong), "--out", str(tmp_path / "out")])
+        assert message in capsys.readouterr().err
+
 def test_jpeg_pack_keeps_each_sources_codec(tmp_path):
     """--codec jpeg: an ordinary JPEG keeps its own tables and chroma subsampling (reduced to --max_side); a
     near-lossless one is capped at quality 95 and not enlarged; the default WebP pack is as before (224 px)."""
