@@ -46,11 +46,17 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     result = minimize_scalar(nll, bounds=(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)), method="bounded")
     temperature = float(math.exp(result.x))
     # Near a bound (the likelihood is flat there: the search stops short of it), T is an artefact of the data, not
-    # a calibration: a separable or tiny validation set.
-    if not 2 * MIN_TEMPERATURE < temperature < MAX_TEMPERATURE / 2:
-        logger.warning("fit_temperature: T = %.3g is near its bound [%g, %g]: the %d validation images are (nearly) "
+    # a calibration. Near the lower bound the validation images are separable (sharpening always helps); near the
+    # upper one the logits carry next to no information about the labels (flattening to p = 1/K always helps).
+    if temperature <= 2 * MIN_TEMPERATURE:
+        logger.warning("fit_temperature: T = %.3g is near its lower bound %g: the %d validation images are (nearly) "
                        "separable or too few to calibrate on; treat the calibrated probabilities with caution",
-                       temperature, MIN_TEMPERATURE, MAX_TEMPERATURE, len(labels))
+                       temperature, MIN_TEMPERATURE, len(labels))
+    elif temperature >= MAX_TEMPERATURE / 2:
+        logger.warning("fit_temperature: T = %.3g is near its upper bound %g: on the %d validation images the logits "
+                       "barely tell the classes apart (an untrained or collapsed model?), so the calibrated "
+                       "probabilities are near 1/%d whatever the image", temperature, MAX_TEMPERATURE, len(labels),
+                       logits.shape[1])
     return temperature
 
 

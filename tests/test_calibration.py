@@ -46,7 +46,15 @@ def test_calibration_on_too_few_images_says_so(caplog):
     separable = np.array([[3.0, -3.0], [2.0, -2.0], [-2.5, 2.5], [-3.0, 3.0]])
     with caplog.at_level("WARNING", logger="modeling.calibration"):
         assert fit_temperature(separable, np.array([0, 0, 1, 1])) < 0.1
-    assert "near its bound" in caplog.text
+    assert "near its lower bound" in caplog.text and "separable" in caplog.text
+    caplog.clear()
+    # Logits that say nothing about the labels send T to the other bound, and the warning names that cause.
+    rng = np.random.default_rng(0)
+    uninformative = rng.normal(size=(400, 2))
+    with caplog.at_level("WARNING", logger="modeling.calibration"):
+        assert fit_temperature(uninformative, rng.integers(0, 2, 400)) > 10
+    assert "near its upper bound" in caplog.text and "barely tell the classes apart" in caplog.text
+    assert "separable" not in caplog.text
     caplog.clear()
     torch.manual_seed(0)
     model = AsffResNetForImageClassification(tiny_config()).eval()
