@@ -365,16 +365,17 @@ def eval_batches(dataset, processor, batch_size: int) -> DataLoader:
                       collate_fn=collate_fn)
 
 
-def calibrate(trainer: Trainer, prepared: PreparedData, processor, fit_ood: bool = True) -> Calibration | None:
-    """After training: the temperature on validation and (ASFF-ResNets) the OOD statistics on train with their
-    threshold on validation, written into the model's config and buffers. None without a validation split."""
+def calibrate(trainer: Trainer, prepared: PreparedData, processor, fit_ood: bool = True,
+              train=None) -> Calibration | None:
+    """After training: the temperature on validation and (ASFF-ResNets) the OOD statistics on the training images
+    (`train`, e.g. cut by --max_train_samples; default the train split) with their threshold on validation, written
+    into the model's config and buffers. None without a validation split."""
     if "validation" not in prepared.dataset:
         return None
     size = trainer.args.per_device_eval_batch_size
-    train = None
-    if fit_ood and "train" in prepared.dataset:
-        train = eval_batches(prepared.dataset["train"], processor, size)
-    return fit_calibration(trainer.model, train, eval_batches(prepared.dataset["validation"], processor, size))
+    train = prepared.dataset.get("train") if train is None else train
+    batches = eval_batches(train, processor, size) if fit_ood and train is not None else None
+    return fit_calibration(trainer.model, batches, eval_batches(prepared.dataset["validation"], processor, size))
 
 
 def command_line() -> str:
@@ -383,7 +384,7 @@ def command_line() -> str:
 
 def run_settings(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, name: str,
                  prepared: PreparedData) -> dict:
-    return {
+    settings = {
         "model": name, "image_size": model_args.image_size, "epochs": args.num_train_epochs,
         "batch_size": args.per_device_train_batch_size * max(args.world_size, 1) * args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate, "lr_scheduler": str(args.lr_scheduler_type.value),
@@ -398,6 +399,14 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Tra
         "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no (float32)",
         "channels_last": model_args.channels_last,
     }
+    if args.max_steps and args.max_steps > 0:  # the Trainer stops there, whatever --num_train_epochs says
+        del settings["epochs"]
+        settings["max_steps"] = args.max_steps
+    if data_args.drop_duplicates:
+        settings["near_duplicate_distance"] = data_args.near_duplicate_distance
+    if data_args.max_train_samples:
+        settings["max_train_samples"] = data_args.max_train_samples
+    return settings
 
 
 def _publish(staging: Path, destination: Path) -> None:
@@ -634,7 +643,7 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         recipe = None
     # Every process takes part in prediction and saving (collective under DDP); the main one writes the rest.
     # Calibration, OOD statistics and the decision threshold come from train/validation only, never from test.
-    calibration = calibrate(trainer, prepared, processor)
+    calibration = calibrate(trainer, prepared, processor, train=train)  # the images it trained on
     validation = None
     if calibration is not None:
         validation = (calibrated_probabilities(calibration.validation.logits, calibration.temperature).numpy(),
@@ -862,6 +871,13 @@ def check_arguments(model_args: ModelArguments) -> None:
 
     if model_args.skip_training and not model_args.model_name_or_path:
         raise UsageError("--skip_training needs --model_name_or_path (the trained model to release)")
+    if model_args.pretrained_backbone and not model_args.model_name_or_path:  # (which refuses it in build_model)
+        from .backbones import check_pretrained_source
+
+        try:
+            check_pretrained_source(model_args.pretrained_backbone)
+        except (ValueError, ImportError, OSError) as error:
+            raise UsageError(f"--pretrained_backbone {model_args.pretrained_backbone}: {error}") from error
 
     names = [n.strip() for n in model_args.models.split(",")] if model_args.models else [
         model_args.baseline or model_args.fusion_mode]

@@ -241,3 +241,29 @@ def test_half_precision_export_loads_as_float32(trained, tmp_path):
     assert not list(out.glob("checkpoint-*"))
     card = (out / "README.md").read_text()  # the usage snippets name the release, not the training run
     assert 'model="release"' in card and 'from_pretrained("release"' in card and f'model="{trained.name}"' not in card
+
+
+def test_the_card_names_what_ended_and_cut_the_run_and_ood_fits_on_the_images_trained_on(
+        image_folder, tiny_config_dir, tmp_path, monkeypatch):
+    """--max_steps ends a run before --num_train_epochs: the settings say max_steps, not the epochs never run; a
+    --max_train_samples cut and the duplicate distance are recorded; the OOD statistics are fitted on the images the
+    model trained on (the cut), not on the whole train split."""
+    seen = {}
+    original = training.fit_calibration
+
+    def counting(model, train_batches, validation_batches, **kwargs):
+        batches = list(train_batches)
+        seen["train_images"] = sum(len(batch["labels"]) for batch in batches)
+        return original(model, batches, validation_batches, **kwargs)
+
+    monkeypatch.setattr(training, "fit_calibration", counting)
+    out = tmp_path / "cut"
+    training.main(*parse_args(["--dataset", str(image_folder), "--config_name", str(tiny_config_dir), "--output_dir",
+                               str(out), "--max_steps", "1", "--max_train_samples", "6", "--drop_duplicates", "true",
+                               "--near_duplicate_distance", "3", "--cam_frame_share", "false", *TINY]))
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert "epochs" not in settings and settings["max_steps"] == 1
+    assert settings["max_train_samples"] == 6 and settings["near_duplicate_distance"] == 3
+    assert seen["train_images"] == 6
+    card = (out / "README.md").read_text()
+    assert "| `max_steps` | `1` |" in card and "| `epochs` |" not in card
