@@ -106,6 +106,20 @@ def efficientnet_lite_variant(source: str | Path | None) -> int | None:
     return int(match[1]) if match else None
 
 
+def check_pretrained_source(source: str | Path) -> None:
+    """Fails at once, before any data is read or model built, on a `--pretrained_backbone` that cannot load: an
+    EfficientNet-Lite name without published weights (it would otherwise be looked up as a Hub id), a weights
+    package that is not installed, or a torchvision file that does not exist."""
+    variant = efficientnet_lite_variant(source)
+    if variant is not None:
+        efficientnet_lite_weights(variant)  # ImportError naming the package to install
+    elif re.fullmatch(r"(tf[-_])?efficientnet[-_]?lite.*", str(source), flags=re.IGNORECASE):
+        raise ValueError(f"{source}: ImageNet weights are published for efficientnet-lite0, efficientnet-lite1 and "
+                         "efficientnet-lite2 only")
+    elif Path(source).suffix in TORCHVISION_SUFFIXES and not Path(source).is_file():
+        raise FileNotFoundError(f"torchvision state dict not found: {source}")
+
+
 def efficientnet_lite_timm_name(variant: int) -> str:
     """The timm architecture the official weights fit: TensorFlow 'same' padding and BatchNorm eps 1e-3, as trained
     (timm's `efficientnet_liteN` pads symmetrically and would shift every feature map)."""
