@@ -3,12 +3,12 @@ mass (fused map, the image's TRUE class, the raw map before any min-max scaling:
 outer 1/8 of each side of the model's input (`explain.cam_frame_share`; 43.75 % of the area, so a uniform map scores
 0.4375). Lower is better: dermoscopy centres the lesion, so a model reading the lesion keeps its CAM off the frame.
 
-    python -m modeling.lesion_focus MODEL_DIR --dataset FOLDER [FOLDER2 ...] [--split test] [--limit N]
-        [--output_dir DIR]
+    python -m modeling.lesion_focus MODEL_DIR --dataset FOLDER [FOLDER2 ...] --output_dir DIR [--split test]
+        [--limit N]
 
 writes `cam_frame_share.json` (summary: mean with a bootstrap 95 % CI, median, share of images above uniform, n, the
 count of all-zero CAMs, which are left out; per source and pooled; and every image's value) and
-`cam_frame_share_worst.png` (the 8 images with the highest share) into DIR (default MODEL_DIR/report). The report
+`cam_frame_share_worst.png` (the 8 images with the highest share) into DIR. The report
 written after training (`training.train_one`, `evaluate_only`) includes the same, on the test split.
 
 A reference without segmentations (`lesion_mask`, `lesion_reference`): a proxy lesion mask per image (the dark blob
@@ -469,19 +469,16 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_split: str = "te
                                                    "label (default: all)")
     parser.add_argument("--seed", type=int, default=SAMPLE_SEED, help="seed of the --limit sample")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--output_dir", type=Path, help="default: MODEL_DIR/report")
+    parser.add_argument("--output_dir", type=Path, required=True,
+                        help="where the results go (never the model's own report/, which it would overwrite)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
 def output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
-    """Where a measuring CLI writes (`--output_dir`, else MODEL_DIR/report), after checking `--limit`."""
+    """Where a measuring CLI writes (`--output_dir`), after checking `--limit`."""
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    if args.output_dir is not None:
-        return args.output_dir
-    if not Path(args.model_dir).is_dir():
-        parser.error("give --output_dir for a model that is not a local directory")
-    return Path(args.model_dir) / "report"
+    return args.output_dir
 
 
 def evaluation_split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:

@@ -8,12 +8,12 @@ well above chance with the lesion erased reads something else: the skin around i
 Bissoto et al. (2019, "(De)Constructing Bias on Skin Lesion Datasets") found ISIC classifiers far above chance with
 the lesion occluded.
 
-    python -m modeling.occlusion MODEL_DIR --dataset FOLDER [FOLDER2 ...] [--split validation] [--limit N]
-        [--output_dir DIR]
+    python -m modeling.occlusion MODEL_DIR --dataset FOLDER [FOLDER2 ...] --output_dir DIR [--split validation]
+        [--limit N]
 
 writes `occlusion.json` (per group and variant: n and ROC AUC with its 95 % CI; each erasure minus the original with
 its paired CI; per image: source, label, p per variant) and `occlusion_examples.png` (three images, as the model saw
-them in each variant) into DIR (default MODEL_DIR/report). Images where no proxy mask is found are left out and
+them in each variant) into DIR. Images where no proxy mask is found are left out and
 counted. Default split: validation (carved as train_hf.py does), so that the test split stays for the model's own
 report.
 """

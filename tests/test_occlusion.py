@@ -118,5 +118,9 @@ def test_cli_end_to_end_on_generated_images(tiny_model_dir, tmp_path, capsys):
     assert (tmp_path / "out" / FIGURE_FILE).is_file() or summary["without_mask"] == summary["images"]
     assert "ROC AUC: original | lesion erased | context erased" in capsys.readouterr().out
     with pytest.raises(SystemExit) as error:
-        main([str(tiny_model_dir), "--dataset", str(data), "--limit", "0"])
-    assert error.value.code == 2
+        main([str(tiny_model_dir), "--dataset", str(data), "--limit", "0", "--output_dir", str(tmp_path / "no")])
+    assert error.value.code == 2 and "--limit must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:  # never into the model's own report/ by default
+        main([str(tiny_model_dir), "--dataset", str(data)])
+    assert error.value.code == 2 and "--output_dir" in capsys.readouterr().err
+    assert not (tiny_model_dir / "report").exists()
