@@ -385,8 +385,8 @@ def compare_runs(output_dir, runs: dict[str, str | Path | list[str | Path]], n_r
                     predictions[name] = saved
             trained.setdefault(name, trained_on(folder))
         if name not in summaries and not per_source[name]:
-            raise UsageError(f"{', '.join(map(str, folders))} holds no report (report/report.json or "
-                             "report/validation/report.json): is it a finished run directory?")
+            raise UsageError(f"{', '.join(map(str, folders))}: no report/report.json or "
+                             "report/validation/report.json: is it a finished run directory?")
     payload = write_comparison(output_dir, summaries, predictions if len(predictions) == len(summaries) else None,
                                n_resamples=n_resamples, per_source=per_source, trained=trained)
     if missing := [name for name in runs if name not in summaries]:
