@@ -201,8 +201,9 @@ def _ordered_sets(models: dict[str, dict[tuple[str, str], Evaluation]]) -> list[
 
 def paired_by_set(models: dict[str, dict[tuple[str, str], Evaluation]], reference: str,
                   n_resamples: int = 2000) -> dict[str, dict[tuple[str, str], dict]]:
-    """Each model minus `reference` on every (source, split) both were evaluated on with saved predictions of the
-    same images (`paired_bootstrap`, each model at its own threshold)."""
+    """Each model minus `reference` on every (source, split) both were evaluated on with saved predictions
+    (`paired_bootstrap`, each model at its own threshold). Where they hold other images under the same name (e.g. a
+    split carved with another seed or test fraction), nothing is paired: the entry is {"same_images": False}."""
     differences: dict[str, dict[tuple[str, str], dict]] = {}
     for name, sets in models.items():
         if name == reference:
@@ -213,10 +214,7 @@ def paired_by_set(models: dict[str, dict[tuple[str, str], Evaluation]], referenc
             if base is None or base.predictions is None or evaluation.predictions is None:
                 continue
             difference = _paired(base, evaluation, n_resamples)
-            if difference is None:
-                raise DataError(f"{name} and {reference} were evaluated on different images of {_set_name(key)} "
-                                f"({evaluation.folder} and {base.folder})")
-            differences[name][key] = difference
+            differences[name][key] = {"same_images": False} if difference is None else difference
     return differences
 
 
@@ -244,6 +242,9 @@ def paired_by_set_table(differences: dict[str, dict[tuple[str, str], dict]], ref
     for name, sets in differences.items():
         cells = [name]
         for key in keys:
+            if (sets.get(key) or {}).get("same_images") is False:
+                cells.append("other images")
+                continue
             entry = (sets.get(key) or {}).get(metric)
             if entry is None or entry["delta"] is None:
                 cells.append("–")
@@ -283,8 +284,9 @@ def cross_source_section(models: dict[str, dict[tuple[str, str], Evaluation]], t
                                          for name, sets in differences.items()}
         text += (f"\n### ROC AUC, paired differences from `{reference}` per split\n\n"
                  f"{paired_by_set_table(differences, reference, keys)}\n\n[95 % paired percentile-bootstrap CI, "
-                 f"{n_resamples} resamples of the same images]; – where the two were not both evaluated there. "
-                 "`comparison.json` has every metric.\n")
+                 f"{n_resamples} resamples of the same images]; – where the two were not both evaluated there; "
+                 "*other images*: a split of the same name that holds other images (carved with other settings), "
+                 "so its cells in the table above are not comparable. `comparison.json` has every metric.\n")
     return text, payload
 
 

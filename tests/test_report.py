@@ -335,6 +335,13 @@ def test_cross_source_table_gathers_a_models_runs_and_marks_unseen_sources(tmp_p
     assert rows["one"].count("*") == 4 and rows["one"].split(" | ")[-1].startswith("*")  # B: never trained on
     assert "*" not in rows["both"]
     assert parse_runs(["x=r1", "y=r2", "x=r3", "r4"]) == {"x": ["r1", "r3"], "y": ["r2"], "r4": ["r4"]}
+    # B's validation split carved with other settings: in the table, but never paired with the reference's.
+    other = _fake_run(tmp_path / "other", {"test": {"A": 30}, "validation": {"B": 20}}, ["B"], seed=3)
+    payload = compare_runs(tmp_path / "cmp2", {"both": both, "other": other}, n_resamples=20)
+    assert payload["cross_source"]["paired_differences"]["other"]["B validation"] == {"same_images": False}
+    assert "roc_auc" in payload["cross_source"]["paired_differences"]["other"]["A test"]
+    assert "| other | +" in (text := (tmp_path / "cmp2" / "comparison.md").read_text()) or "| other | -" in text
+    assert text.split("### ROC AUC, paired")[1].count("| other images |") == 1 and "not comparable" in text
     with pytest.raises(SystemExit):  # the same reports twice under one name
         main(["--output_dir", str(tmp_path / "c2"), f"one={one}", f"one={one}"])
     with pytest.raises(SystemExit):
