@@ -51,20 +51,21 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def format_difference(entry: dict | None) -> str:
+    """One `paired_bootstrap` metric as "+0.012 [−0.004, +0.027]", "–" when undefined."""
+    if entry is None or entry["delta"] is None:
+        return "–"
+    low, high = entry["ci95"]
+    return f"{entry['delta']:+.3f}" + ("" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]")
+
+
 def paired_table(differences: dict[str, dict], reference: str) -> str:
     """Markdown table of `paired_bootstrap` results, one row per model compared with `reference`."""
     header = ["model − " + reference, *COMPARISON_METRICS]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, difference in differences.items():
         cells = [model]
-        for name in COMPARISON_METRICS:
-            entry = difference.get(name)
-            if entry is None or entry["delta"] is None:
-                cells.append("–")
-                continue
-            low, high = entry["ci95"]
-            interval = "" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
-            cells.append(f"{entry['delta']:+.3f}{interval}")
+        cells += [format_difference(difference.get(name)) for name in COMPARISON_METRICS]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -242,16 +243,8 @@ def paired_by_set_table(differences: dict[str, dict[tuple[str, str], dict]], ref
     for name, sets in differences.items():
         cells = [name]
         for key in keys:
-            if (sets.get(key) or {}).get("same_images") is False:
-                cells.append("other images")
-                continue
-            entry = (sets.get(key) or {}).get(metric)
-            if entry is None or entry["delta"] is None:
-                cells.append("–")
-                continue
-            low, high = entry["ci95"]
-            interval = "" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
-            cells.append(f"{entry['delta']:+.3f}{interval}")
+            entry = sets.get(key) or {}
+            cells.append("other images" if entry.get("same_images") is False else format_difference(entry.get(metric)))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
