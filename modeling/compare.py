@@ -363,6 +363,7 @@ def compare_runs(output_dir, runs: dict[str, str | Path | list[str | Path]], n_r
     directories of one model, e.g. its training run and an evaluation-only run on another source}); the first run
     is the reference of the paired differences (the pooled ones need every model's test predictions)."""
     summaries, predictions, per_source, trained = {}, {}, {}, {}
+    candidates: dict[str, list[tuple[dict, Predictions | None]]] = {}  # each model's pooled test reports
     for name, given in runs.items():
         folders = [Path(folder) for folder in (given if isinstance(given, list | tuple) else [given])]
         per_source[name] = {}
@@ -374,14 +375,20 @@ def compare_runs(output_dir, runs: dict[str, str | Path | list[str | Path]], n_r
                 raise UsageError(f"{name}: {', '.join(map(_set_name, twice))} evaluated in two of its directories "
                                  f"({', '.join(map(str, folders))}); keep one")
             per_source[name].update(found)
-            if name not in summaries and (folder / SPLIT_FOLDERS["test"] / "report.json").is_file():
-                summaries[name], saved = read_run(folder)
-                if saved is not None:
-                    predictions[name] = saved
+            if (folder / SPLIT_FOLDERS["test"] / "report.json").is_file():
+                candidates.setdefault(name, []).append(read_run(folder))
             trained.setdefault(name, trained_on(folder))
-        if name not in summaries and not per_source[name]:
+        if name not in candidates and not per_source[name]:
             raise UsageError(f"{', '.join(map(str, folders))}: no report/report.json or "
                              "report/validation/report.json: is it a finished run directory?")
+    # The test table: for a model with several pooled test reports, the one on the reference's images.
+    reference = next(iter(candidates.get(next(iter(runs)), [])), (None, None))[1]
+    for name, found in candidates.items():
+        pick = next((c for c in found if reference is not None and c[1] is not None
+                     and paired_ids(list(reference[0]), list(c[1][0])) is not None), found[0])
+        summaries[name] = pick[0]
+        if pick[1] is not None:
+            predictions[name] = pick[1]
     payload = write_comparison(output_dir, summaries, predictions if len(predictions) == len(summaries) else None,
                                n_resamples=n_resamples, per_source=per_source, trained=trained)
     if missing := [name for name in runs if name not in summaries]:

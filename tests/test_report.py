@@ -358,3 +358,18 @@ def test_a_comparison_on_one_source_and_split_has_no_cross_source_section(tmp_pa
 
     payload = compare_runs(tmp_path / "cmp", {"a": a, "b": b}, n_resamples=20)
     assert "cross_source" not in payload and "paired_differences" in payload
+
+
+def test_a_model_with_two_test_reports_is_compared_on_the_references_images(tmp_path):
+    """A model trained on B (its own B test report) and evaluated on A's test split: the pooled test table pairs
+    the A report with the reference's A test images, whichever order its directories were given in."""
+    from modeling.compare import compare_runs
+
+    both = _fake_run(tmp_path / "both", {"test": {"A": 30}, "validation": {"A": 20, "B": 24}}, ["A", "B"])
+    b_own = _fake_run(tmp_path / "b_own", {"test": {"B": 16}, "validation": {"B": 10}}, ["B"], seed=4)
+    b_on_a = _fake_run(tmp_path / "b_on_a", {"test": {"A": 30}}, None, model=b_own, seed=5)
+    for order in ([b_own, b_on_a], [b_on_a, b_own]):
+        payload = compare_runs(tmp_path / "cmp", {"both": both, "b": order}, n_resamples=20)
+        assert payload["models"]["b"]["n"] == 30 and "roc_auc" in payload["paired_differences"]["b"]
+        assert set(payload["cross_source"]["models"]["b"]["sets"]) == {"A test", "B test", "B validation"}
+        assert payload["cross_source"]["models"]["b"]["trained_on"] == ["B"]
