@@ -910,6 +910,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, args: TrainingArg
             raise UsageError("--weight_averaging averages the weights while training: it does nothing with "
                              "--do_eval_only")
         return evaluate_only(model_args, data_args, args)
+    if data_args.eval_split != "test":  # training evaluates its own validation and test splits
+        raise UsageError("--eval_split chooses what --do_eval_only scores; a training run reports every split")
     check_arguments(model_args)
     if args.metric_for_best_model in (SOURCE_MEAN_METRIC, f"eval_{SOURCE_MEAN_METRIC}") and (
             isinstance(data_args.dataset, str) or len(data_args.dataset or []) < 2):

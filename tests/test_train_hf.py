@@ -173,6 +173,7 @@ def test_balanced_class_weights_are_sklearns_and_ignore_a_missing_class():
     (["--dataset", "{data}", "--output_dir", "out", "--pretrained_backbone", "missing.pth"],
      "torchvision state dict not found"),
     (["--dataset", "{data}", "--output_dir", "out", "--skip_training", "true"], "--skip_training needs"),
+    (["--dataset", "{data}", "--output_dir", "out", "--eval_split", "validation"], "--eval_split chooses what"),
     # Before the data is read (an empty folder would be the error otherwise), and never as a Hub lookup:
     (["--dataset", "{empty}", "--output_dir", "out", "--pretrained_backbone", "efficientnet-lite9"],
      "published for efficientnet-lite0, efficientnet-lite1 and efficientnet-lite2 only"),
