@@ -2,7 +2,8 @@
 tiny calibrated model with an out-of-distribution score. What only a page shows: one analysis per new image (upload,
 replace, example), the decision always computed at the threshold on screen whichever control moved it (number box,
 arrow keys, reset button, dragging) with the Grad-CAM refreshed for the new class, the OOD warning and the greyed-out
-decision, a failed input clearing the old results and its preview, the no-image message, and the layout at phone
+decision, a model switch (the new model's threshold, the range check kept), a failed input clearing the old results
+and its preview, the no-image message, and the layout at phone
 width (fusion plot and CAM full width, the batch table's label column on screen). Screenshots are written to
 $BROWSER_SCREENSHOTS (a folder) when it is set, to look at."""
 
@@ -14,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_fixtures import calibrated_tiny_model, place_ood_threshold, served_app, write_bad_inputs
+from app_fixtures import (
+    calibrated_tiny_model,
+    free_port,
+    place_ood_threshold,
+    save_tiny_model,
+    served_app,
+    write_bad_inputs,
+)
 from helpers import lesion_image
 
 import app
@@ -341,3 +349,43 @@ def test_phone_width(open_page, files, tmp_path):
     assert label["right"] <= width, boxes  # on screen without scrolling sideways
     assert label["height"] < 100, boxes  # headers on one or two lines, not a stack of letters
     screenshot(page, "phone_batch.png", tmp_path)
+
+
+def test_a_model_switch_relabels_the_threshold_and_keeps_its_range_check(browser, files, tmp_path):
+    """Two models in the dropdown: switching re-analyses the image at the new model's threshold, and a threshold
+    typed out of range after the switch (Analyse clicked before leaving the box) gets the app's message and is put
+    back; the decision stays at the threshold on screen."""
+    from playwright.sync_api import expect
+
+    from modeling import AsffResNetConfig
+
+    root = tmp_path / "models"
+    default = save_tiny_model(root / "tiny-a", seed=0)
+    other = save_tiny_model(root / "tiny-b", seed=1)
+    config = AsffResNetConfig.from_pretrained(other)
+    config.decision_threshold = 0.3
+    config.save_pretrained(other)
+    demo = app.build_demo(*load_classifier(default), models=app.model_choices(root, default))
+    port = free_port()
+    app.launch_demo(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        upload(page, files["lesion_a.jpg"])
+        wait_for_analysis(page)
+        number = page.locator(NUMBER)
+        expect(number).to_have_value(re.compile(r"^0\.5"))
+        page.locator("#model input").click()
+        page.get_by_role("option", name="tiny-b").click()
+        expect(number).to_have_value(re.compile(r"^0\.3"), timeout=TIMEOUT_MS)
+        assert_decision_matches_threshold(page)
+        number.fill("1.5")
+        page.locator("#analyse").click()
+        expect(page.locator(".toast-body").first).to_contain_text("between 0 and 1; 1.5 was typed",
+                                                                  timeout=TIMEOUT_MS)
+        number.press("Tab")
+        expect(number).to_have_value(re.compile(r"^0\.3"), timeout=TIMEOUT_MS)
+        assert_decision_matches_threshold(page)
+        screenshot(page, "model_switch_out_of_range.png", tmp_path)
+    finally:
+        demo.close()
