@@ -3,9 +3,9 @@ tiny calibrated model with an out-of-distribution score. What only a page shows:
 replace, example), the decision always computed at the threshold on screen whichever control moved it (number box,
 arrow keys, reset button, dragging) with the Grad-CAM refreshed for the new class, the OOD warning and the greyed-out
 decision, a model switch (the new model's threshold, the range check kept), a failed input clearing the old results
-and its preview, the no-image message, and the layout at phone
-width (fusion plot and CAM full width, the batch table's label column on screen). Screenshots are written to
-$BROWSER_SCREENSHOTS (a folder) when it is set, to look at."""
+and its preview, the no-image message, and the layout at phone width (fusion plot and CAM full width, the batch
+table's label column on screen). Screenshots are written to $BROWSER_SCREENSHOTS (a folder) when it is set, to look
+at."""
 
 import os
 import re
