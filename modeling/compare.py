@@ -126,15 +126,21 @@ def _source_names(metrics: dict) -> list[str]:
     return source_names([dataset] if isinstance(dataset, str) else dataset) if dataset else []
 
 
-def trained_on(run_dir) -> list[str] | None:
-    """The sources the run's model was trained on; for an evaluation-only run, those of the model it evaluated
-    (when that is a directory holding its `metrics.json`). None when unknown."""
+def trained_on(run_dir, _seen: frozenset = frozenset()) -> list[str] | None:
+    """The sources the run's model was trained on, including those of the model it was fine-tuned from (its
+    `init`); for an evaluation-only run, those of the model it evaluated. Models are followed where they are
+    directories holding their `metrics.json`. None when unknown."""
+    here = Path(run_dir).resolve()
     metrics = _metrics(run_dir)
     if "train" in metrics or "settings" in metrics:  # a training run (or a release) wrote it
-        return _source_names(metrics) or None
+        sources = _source_names(metrics)
+        start = (metrics.get("settings") or {}).get("init")
+        if isinstance(start, str) and (Path(start) / "metrics.json").is_file() and Path(start).resolve() not in _seen:
+            sources = list(dict.fromkeys([*(trained_on(start, _seen | {here}) or []), *sources]))
+        return sources or None
     model = metrics.get("model")
-    if model and (Path(model) / "metrics.json").is_file() and Path(model).resolve() != Path(run_dir).resolve():
-        return trained_on(model)
+    if model and (Path(model) / "metrics.json").is_file() and Path(model).resolve() not in _seen | {here}:
+        return trained_on(model, _seen | {here})
     return None
 
 
@@ -264,7 +270,8 @@ def cross_source_section(models: dict[str, dict[tuple[str, str], Evaluation]], t
     keys = _ordered_sets(models)
     text = ("\n## Per source and split (cross-source)\n\n" + cross_source_table(models, trained) + "\n\n"
             "Each model at its own decision threshold, [95 % bootstrap CI]. *Italics*: a source the model was not "
-            "trained on. A validation split that chose a model's epoch or threshold is slightly optimistic for it.\n")
+            "trained on (nor the model it was fine-tuned from). A validation split that chose a model's epoch or "
+            "threshold is slightly optimistic for it.\n")
     payload: dict = {"sets": [_set_name(key) for key in keys], "models": {}}
     for name, sets in models.items():
         payload["models"][name] = {"trained_on": trained.get(name),

@@ -289,7 +289,8 @@ def test_a_run_on_one_source_pairs_with_a_run_on_several(tmp_path):
             write_comparison(tmp_path, summaries, {"one": (both, labels, probs), "both": (wrong, labels, probs)})
 
 
-def _fake_run(folder, splits: dict[str, dict[str, int]], trained: list[str] | None, model=None, seed: int = 0):
+def _fake_run(folder, splits: dict[str, dict[str, int]], trained: list[str] | None, model=None, seed: int = 0,
+              init=None):
     """A run directory as train_hf.py writes it: {split: {source: n images}} reports (per source with several),
     `metrics.json` naming the sources, and either a training run's "train" entry or an evaluated model's path."""
     from modeling.report import write_source_reports
@@ -311,7 +312,8 @@ def _fake_run(folder, splits: dict[str, dict[str, int]], trained: list[str] | No
         if len(names) > 1:
             write_source_reports(out, labels, probs, LABEL_NAMES, sources, n_resamples=20, sample_ids=ids)
     metrics = {"datasets": {name: f"data/{name}" for name in names}}
-    metrics.update({"train": {}} if trained is not None else {"model": str(model)})
+    metrics.update({"train": {}, "settings": {"init": str(init or "random (from scratch)")}} if trained is not None
+                   else {"model": str(model)})
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
 
@@ -373,3 +375,18 @@ def test_a_model_with_two_test_reports_is_compared_on_the_references_images(tmp_
         assert payload["models"]["b"]["n"] == 30 and "roc_auc" in payload["paired_differences"]["b"]
         assert set(payload["cross_source"]["models"]["b"]["sets"]) == {"A test", "B test", "B validation"}
         assert payload["cross_source"]["models"]["b"]["trained_on"] == ["B"]
+
+
+def test_a_fine_tuned_model_was_trained_on_its_starting_models_sources_too(tmp_path):
+    """Fine-tuned on B from a model trained on A: A is not a source it never saw (no italics), also when the
+    fine-tuned model is read through an evaluation-only run."""
+    from modeling.compare import compare_runs, trained_on
+
+    start = _fake_run(tmp_path / "start", {"test": {"A": 30}}, ["A"])
+    tuned = _fake_run(tmp_path / "tuned", {"test": {"B": 16}, "validation": {"B": 10}}, ["B"], seed=1, init=start)
+    tuned_on_a = _fake_run(tmp_path / "tuned_on_a", {"test": {"A": 30}}, None, model=tuned, seed=2)
+    assert trained_on(tuned) == ["A", "B"] and trained_on(tuned_on_a) == ["A", "B"]
+    assert trained_on(start) == ["A"]
+    compare_runs(tmp_path / "cmp", {"start": start, "tuned": [tuned, tuned_on_a]}, n_resamples=20)
+    table = (tmp_path / "cmp" / "comparison.md").read_text().split("## Per source and split")[1].split("Each model")[0]
+    assert "*" not in table and "| tuned | A + B |" in table
