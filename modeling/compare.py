@@ -384,7 +384,7 @@ def compare_runs(output_dir, runs: dict[str, str | Path | list[str | Path]], n_r
             per_source[name].update(found)
             if (folder / SPLIT_FOLDERS["test"] / "report.json").is_file():
                 candidates.setdefault(name, []).append(read_run(folder))
-            trained.setdefault(name, trained_on(folder))
+            trained[name] = trained.get(name) or trained_on(folder)  # the first directory that knows
         if name not in candidates and not per_source[name]:
             raise UsageError(f"{', '.join(map(str, folders))}: no report/report.json or "
                              "report/validation/report.json: is it a finished run directory?")
