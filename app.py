@@ -6,7 +6,9 @@ batch classification to CSV, and an HTTP API (/predict, /explain, /batch).
                   [--host 127.0.0.1] [--port 7860] [--share]
 
 Only wiring lives here; the logic is in `modeling/inference.py` (prediction, decision, OOD flag, batches),
-`modeling/explain.py` (Grad-CAM), `modeling/plots.py` (figures) and `modeling/serving.py` (the models by name). The
+`modeling/explain.py` (Grad-CAM), `modeling/plots.py` (figures), `modeling/serving.py` (the models by name),
+`modeling/presentation.py` (how a result reads on screen: the decision line, captions, the batch table's columns) and
+`modeling/gradio_components.py` (the few Gradio components changed, and the wrapper that turns errors into messages). The
 Hugging Face Space (`space/`) ships this file as `demo.py` and calls the same `serve_or_exit`, `build_demo_for` and
 `launch_and_warm_up`.
 
@@ -36,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import html
 import importlib.util
 import logging
 import os
@@ -45,21 +45,17 @@ import sys
 import tempfile
 import threading
 import time
-from abc import ABCMeta
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 # Figures are only rendered to images here. Naming matplotlib's backend spares it importing pyplot to resolve its
 # default on Gradio's first request (Gradio wraps every request in matplotlib's "agg"): ~0.4 s off the first answer.
 os.environ.setdefault("MPLBACKEND", "agg")
 
 import gradio as gr
-import numpy as np
 
 # modeling's modules that need no torch, in dependency order (`import_torch_free_modules`).
 TORCH_FREE_MODULES = ("decision", "image_utils", "model_card", "prediction", "image_processing_numpy", "onnx_runtime",
-                      "serving")
+                      "serving", "presentation", "gradio_components")
 
 
 def import_torch_free_modules() -> None:
@@ -80,9 +76,23 @@ def import_torch_free_modules() -> None:
 
 import_torch_free_modules()
 
-from modeling.image_utils import ImageLoadError, find_images, load_image  # noqa: E402
+from modeling.gradio_components import BoundedSlider, DecisionLabel, RawUploadImage, user_errors  # noqa: E402
+from modeling.image_utils import find_images, load_image  # noqa: E402
 from modeling.onnx_runtime import AUTO, BACKENDS, OnnxClassifier  # noqa: E402
-from modeling.prediction import OOD_WARNING, ModelInfo, Prediction  # noqa: E402
+from modeling.prediction import ModelInfo, Prediction  # noqa: E402
+from modeling.presentation import (  # noqa: E402
+    CAM_METHOD_NAMES,
+    CAM_TARGETS,
+    OOD_NOT_AVAILABLE,
+    cam_image,
+    cam_subject,
+    decision_html,
+    prediction_json,
+    result_caption,
+    table_columns,
+    threshold_problem,
+    unique_names,
+)
 from modeling.serving import (  # noqa: E402, F401 (model_choices, start_without_torch: the app's API, used by tests)
     ModelRegistry,
     ServedModel,
@@ -106,7 +116,6 @@ DISCLAIMER = (
     "condition. See a dermatologist about any skin lesion that worries you."
 )
 NO_IMAGE = "Upload an image first."
-OOD_NOT_AVAILABLE = "Out-of-distribution check not available for this model."
 NO_CARD = "*No model card (README.md) came with this model.*"
 LOADING_MODEL = "Loading the model (PyTorch, for Grad-CAM): the first analysis takes a few seconds more."
 FUSION_HOW_TO_READ = {
@@ -154,12 +163,8 @@ logger = logging.getLogger(__name__)
 # Start-up: torch, torchvision, transformers and the model's torch side (~5.5 s here), Grad-CAM (pytorch_grad_cam, which
 # imports scikit-learn) and the figures (matplotlib, ~1.5 s) are not needed to serve the page and predictions from an
 # ONNX graph (`start_without_torch`), so they are imported on first use, and loaded in the background just after the
-# server answers (`main`, `warm_up`). The CAM choices the UI offers are therefore named here;
-# tests/test_app_models.py checks them against modeling.explain's.
-CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (the coarser stage)",
-               "stage3": "stage3 (the finer stage)"}
-CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
-               "gradcam-elementwise")
+# server answers (`main`, `warm_up`). The CAM choices the UI offers come from the torch-free `modeling.presentation`.
+CAM_METHODS = tuple(CAM_METHOD_NAMES)
 
 
 def explain(*args, **kwargs):
@@ -181,94 +186,10 @@ def warm_up(registry: ModelRegistry | None = None) -> None:
     import modeling.plots  # noqa: F401
 
 
-# The components below change one method of Gradio's. They are classes, not instance overrides, because a gr.update(...)
-# or gr.skip() returned for a component makes Gradio rebuild it for the session from its class and constructor
-# arguments; `is_template`: the browser and the API see the plain component.
-
-
-class _WithoutStub(type(gr.Slider)):
-    """Gradio's component metaclass writes a .pyi stub next to the file that defines a component subclass; a subclass
-    that adds no events and no `__init__` needs nothing else that the metaclass does."""
-
-    def __new__(mcls, name, bases, attrs):
-        return ABCMeta.__new__(mcls, name, bases, attrs)
-
-
-class RawUploadImage(gr.Image, metaclass=_WithoutStub):
-    """Hands the handler the uploaded file's path undecoded: gr.Image's own decoding would fail on a bad file before
-    the handler runs, with no useful message, while `modeling.image_utils.load_image` says what is wrong."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            return super().preprocess(payload)
-        return str(payload.path)  # Gradio has already checked that the path is an upload in its cache
-
-
-def threshold_problem(value: Any, minimum: float = 0.0, maximum: float = 1.0) -> str | None:
-    """What is wrong with a threshold typed into a slider's number box (None when it is usable)."""
-    if value is None or value == "":
-        return "The decision threshold box is empty"
-    if not minimum <= float(value) <= maximum:
-        return f"The decision threshold must be between {minimum:g} and {maximum:g}; {float(value):g} was typed"
-    return None
-
-
 def reset_request(threshold: float) -> dict[str, float]:
     """A request to put a threshold slider back at `threshold`, for a State whose `.change` sets the slider: the time
     in it makes every request a change, even one to the same value as the last."""
     return {"threshold": threshold, "at": time.monotonic()}
-
-
-class BoundedSlider(gr.Slider, metaclass=_WithoutStub):
-    """A threshold slider whose out-of-range value given to an analysis (the API, or Analyse clicked before the box was
-    left) fails with a message that names the setting and what was typed, without a server traceback (Gradio's own
-    check says "Value 1.5 is greater than maximum value 1.0." and logs a stack trace for a typo), also after a model
-    switch has relabelled the slider. The sliders' `.change` events take the raw value instead (`preprocess=False`)
-    and put the slider back: see `on_threshold_moved`."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        problem = threshold_problem(payload, self.minimum, self.maximum) if payload is not None else None
-        if problem:
-            raise gr.Error(f"{problem}.", title="Threshold out of range", print_exception=False)
-        return super().preprocess(payload)
-
-
-class DecisionLabel(gr.Label, metaclass=_WithoutStub):
-    """Lets the handler return `(label, {class: probability})`, so that the Label's `label` (what the API returns)
-    is the thresholded decision rather than the most probable class."""
-
-    is_template = True
-
-    def postprocess(self, value):
-        if isinstance(value, tuple):
-            label, probs = value
-            data = super().postprocess(probs)
-            data.label = label
-            return data
-        return super().postprocess(value)
-
-
-def _user_errors(fn):
-    """Every failure reaches the UI as a short message (gr.Error), never a stack trace; the server keeps serving."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (ImageLoadError, ServingError) as error:  # a bad image, an unknown or broken model: for the user
-            raise gr.Error(str(error), print_exception=False) from None
-        except Exception:  # a bug: logged with its traceback, a short message for the user
-            logger.exception("request failed")
-            raise gr.Error("Internal error while processing the request; see the server log.",
-                           print_exception=False) from None
-
-    return wrapper
 
 
 def _open(path: str):
@@ -277,154 +198,6 @@ def _open(path: str):
     for note in notes:
         gr.Warning(note)
     return image
-
-
-def decimals_that_separate(probability: float, threshold: float, minimum: int = 3, maximum: int = 12) -> int:
-    """The fewest decimals (at least `minimum`) at which the rounded probability and threshold still compare as the
-    exact values do, so that "p = 0.444 < threshold 0.444" never appears on screen."""
-    for digits in range(minimum, maximum + 1):
-        p, t = round(probability, digits), round(threshold, digits)
-        if (p >= t) == (probability >= threshold) and (p != t or probability == threshold):
-            return digits
-    return maximum
-
-
-def probability_text(prediction: Prediction, digits: int = 3) -> str:
-    """'p(malignant) = 0.620 ± 0.050 (range 0.550–0.700 over 8 views)' for a two-class prediction (the spread with
-    TTA only); the decided class's probability otherwise."""
-    labels = list(prediction.probabilities)
-    name = labels[1] if len(labels) == 2 else prediction.label
-    text = f"p({name}) = {prediction.probabilities[name]:.{digits}f}"
-    if prediction.spread is not None:
-        text += f" ± {prediction.spread:.3f}"
-        if prediction.interval is not None:
-            low, high = prediction.interval
-            text += f" (range {low:.3f}–{high:.3f} over {prediction.views} views)"
-    return text
-
-
-def ood_text(prediction: Prediction) -> str:
-    if prediction.in_distribution is None:
-        return OOD_NOT_AVAILABLE
-    verdict = "above" if prediction.in_distribution is False else "within"
-    return (f"Out-of-distribution score {prediction.ood_score:.2f}, {verdict} the model's threshold "
-            f"{prediction.ood_threshold:.2f}.")
-
-
-def _text(value: str) -> str:
-    return html.escape(value, quote=False)
-
-
-def decision_html(prediction: Prediction) -> str:
-    """The headline: the decision at the threshold shown, the probability it rests on (± its TTA spread), and the
-    out-of-distribution verdict; greyed out under a warning when the image is out of distribution."""
-    ood = prediction.in_distribution is False
-    parts = []
-    if ood:
-        parts.append(f'<p class="ood-warning" role="alert"><strong>Warning:</strong> {_text(OOD_WARNING)}</p>')
-    headline = f"Prediction: <strong>{_text(prediction.label)}</strong>"
-    if ood:
-        headline += " (not meaningful)"
-    parts.append(f'<p class="headline">{headline}</p>')
-    if len(prediction.probabilities) == 2:
-        positive = list(prediction.probabilities)[1]
-        sign = "≥" if prediction.label == positive else "<"  # the decision already applied the rule
-        digits = decimals_that_separate(prediction.probabilities[positive], prediction.threshold)
-        parts.append(f'<p class="detail">{_text(probability_text(prediction, digits))} {sign} threshold '
-                     f"{prediction.threshold:.{digits}f}</p>")
-    else:
-        parts.append(f'<p class="detail">{_text(probability_text(prediction))} (most probable class)</p>')
-    parts.append(f'<p class="ood-note">{_text(ood_text(prediction))}</p>')
-    return f'<div class="decision{" not-meaningful" if ood else ""}">{"".join(parts)}</div>'
-
-
-def prediction_json(prediction: Prediction, info: ModelInfo, cam_label: str | None = None,
-                    backend: str = "torch", cam_against: str | None = None) -> dict:
-    """What the API returns besides the components: `Prediction.as_dict()` with the model's name and the backend that
-    computed the probabilities (and the class the Grad-CAM explains, and the one it explains it against)."""
-    data = {"model": info.name, "backend": backend, **prediction.as_dict()}
-    if cam_label is not None:
-        data["cam_label"] = cam_label
-    if cam_against is not None:
-        data["cam_against"] = cam_against
-    return data
-
-
-def cam_caption(cam_label: str, target: str, method: str, empty: bool = False, target_name: str = "",
-                against: str | None = None) -> str:
-    """`target_name`: the target with its grid for the model on screen (`ExplainResult.target_name`); `against`: the
-    class the CAM explains `cam_label` against (`ExplainResult.cam_against`), if any."""
-    from modeling.explain import (
-        CAM_EMPTY,
-        CAM_EMPTY_AGAINST,
-        CAM_HOW_TO_READ,
-        CAM_HOW_TO_READ_AGAINST,
-        CAM_HOW_TO_READ_CLASS_AGNOSTIC,
-        CAM_METHOD_NAMES,
-        CLASS_AGNOSTIC_METHODS,
-    )
-
-    where = f"({target_name or CAM_TARGETS.get(target, target)}, {method})"
-    name = CAM_METHOD_NAMES.get(method, method)
-    if method in CLASS_AGNOSTIC_METHODS:
-        return f"**{name}, the same for every class** {where}. " + CAM_HOW_TO_READ_CLASS_AGNOSTIC
-    if against:
-        caption = (f"**{name} of *{cam_label}* against *{against}*** {where}. "
-                   + CAM_HOW_TO_READ_AGAINST.format(label=cam_label, other=against))
-        return caption + (" " + CAM_EMPTY_AGAINST.format(label=cam_label, other=against) if empty else "")
-    caption = f"**{name} of *{cam_label}*** {where}. " + CAM_HOW_TO_READ.format(label=cam_label)
-    return caption + (" " + CAM_EMPTY.format(label=cam_label) if empty else "")
-
-
-def result_caption(result) -> str:
-    """`cam_caption` for an `ExplainResult`."""
-    return cam_caption(result.cam_label, result.target, result.method, result.cam_is_empty, result.target_name,
-                       result.cam_against)
-
-
-def cam_subject(result) -> str:
-    """What the CAM on screen explains: 'Grad-CAM of *malignant*' (or 'LayerCAM of ...': the method's name; '... against
-    *benign*' for the margin), or the method alone for one that ignores the class."""
-    from modeling.explain import CAM_METHOD_NAMES, CLASS_AGNOSTIC_METHODS
-
-    name = CAM_METHOD_NAMES.get(result.method, result.method)
-    if result.method in CLASS_AGNOSTIC_METHODS:
-        return f"{name} (the same for every class)"
-    against = f" against *{result.cam_against}*" if result.cam_against else ""
-    return f"{name} of *{result.cam_label}*{against}"
-
-
-def cam_image(result) -> np.ndarray:
-    """The CAM overlay with its colour scale, whose high end names the class it explains (none for a method that
-    ignores the class)."""
-    from modeling.explain import CLASS_AGNOSTIC_METHODS
-    from modeling.plots import with_colour_scale
-
-    high = "high" if result.method in CLASS_AGNOSTIC_METHODS else f"high: {result.cam_label}"
-    return with_colour_scale(result.cam_overlay, "low", high)
-
-
-def unique_names(paths: list[str]) -> tuple[list[str], bool]:
-    """File names for the batch table: the name alone when it is unique, `name (k)` (k-th in upload order) when
-    several files share it. Returns the names and whether any were numbered."""
-    names = [Path(p).name for p in paths]
-    counts = Counter(names)
-    seen: Counter[str] = Counter()
-    unique = []
-    for name in names:
-        if counts[name] > 1:
-            seen[name] += 1
-            unique.append(f"{name} ({seen[name]})")
-        else:
-            unique.append(name)
-    return unique, any(n > 1 for n in counts.values())
-
-
-def table_columns(info: ModelInfo) -> list[str]:
-    """The batch table's columns (the CSV adds the settings: model, threshold, tta, backend); `label` right after
-    `file`, so that it stays visible on a phone."""
-    return ["file", "label", *(f"p_{label}" for label in info.id2label.values()), "p_spread", "in_distribution",
-            "ood_score", "error"]
 
 
 def build_demo(model, processor, info: ModelInfo, examples: list[str | Path] | None = None, *,
@@ -460,7 +233,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             session,
         )
 
-    @_user_errors
+    @user_errors
     def analyse(image_path, threshold, tta, target, method, model_choice=None, contrast=True):
         """Calibrated probabilities, the decision at `threshold`, the out-of-distribution flag and score (and, with
         TTA, the spread over 8 views), a Grad-CAM of the decided class (`contrast`: against the other class) and the
@@ -502,7 +275,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             return cleared(model_choice)
         return analyse(image_path, threshold, tta, target, method, model_choice, contrast)
 
-    @_user_errors
+    @user_errors
     def on_threshold(session, threshold):
         """The decision at the threshold now on screen, from the cached probabilities (no model run); the Grad-CAM is
         recomputed only when the decision flipped, for the new class."""
@@ -550,7 +323,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         """After a failed input: no image (no preview of a file that could not be read) and empty results."""
         return (None, *cleared(model_choice))
 
-    @_user_errors
+    @user_errors
     def run_predict(image_path, threshold, tta, model_choice=None):
         """Calibrated probabilities, the decision at `threshold` and the out-of-distribution flag and score (with TTA,
         the spread over 8 views): no Grad-CAM (API only)."""
@@ -561,7 +334,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         return ((prediction.label, prediction.probabilities), decision_html(prediction),
                 prediction_json(prediction, served.info, backend=served.backend_name))
 
-    @_user_errors
+    @user_errors
     def run_batch(image_paths, threshold, tta, model_choice=None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """One row per file (calibrated probabilities, decision, TTA spread, OOD flag and score, or the file's error)
         and a CSV that also records the model, threshold, TTA setting and backend; and the settings the table was made
@@ -622,7 +395,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
         """The selected model's decision threshold (the reset buttons)."""
         return registry.peek(model_choice).info.decision_threshold
 
-    @_user_errors
+    @user_errors
     def on_model(model_choice, image_path, tta, target, method, contrast=True):
         """Another model: its thresholds on both sliders, its About text, no batch results (they were the other
         model's), and the analysis of the image on screen re-run with it (decision, threshold, CAM all from the

@@ -32,11 +32,17 @@ from .image_utils import ImageSource, load_image
 from .inference import MODEL_LOCK, LogitsOnly, Prediction, make_prediction, pixel_values, run_model
 from .onnx_runtime import OnnxClassifier
 from .plots import cam_overlay, fusion_figure, fusion_message
+from .presentation import (
+    CAM_EMPTY_AGAINST,
+    CAM_HOW_TO_READ,
+    CAM_HOW_TO_READ_AGAINST,
+    CAM_HOW_TO_READ_CLASS_AGNOSTIC,
+    CAM_METHOD_NAMES,
+    CAM_TARGETS,
+    CLASS_AGNOSTIC_METHODS,
+)
 
-# The grids depend on the model's input size (ResNet-50 or EfficientNet at 224 px: 7x7 and 14x14; at 288 px: 9x9 and
-# 18x18), so the names do not state them; `cam_target_name` does, for one model.
-CAM_TARGETS = {"fused": "fused features (after ASFF)", "stage4": "stage4 (the coarser stage)",
-               "stage3": "stage3 (the finer stage)"}
+# The CAM targets, method names and captions are shared with the torch-free app (`modeling.presentation`).
 # Targets whose gradients reach the backbone only through its stage maps: an onnxruntime graph can run the backbone.
 STAGE_MAP_TARGETS = ("fused", "stage4")
 # Gradient- or activation-based methods: one forward (+ one backward). ScoreCAM / AblationCAM run one forward per
@@ -51,41 +57,6 @@ CAM_METHODS = {
     "eigengradcam": EigenGradCAM,
     "gradcam-elementwise": GradCAMElementWise,
 }
-# How each method is named on screen ("LayerCAM of malignant"): every method here is not Grad-CAM.
-CAM_METHOD_NAMES = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGrad-CAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "eigengradcam": "Eigen-Grad-CAM",
-    "gradcam-elementwise": "Grad-CAM (element-wise)",
-}
-# Methods whose map ignores the class (EigenCAM: the first principal component of the target's activations): the same
-# map for every class, so the UI must not say it explains one.
-CLASS_AGNOSTIC_METHODS = ("eigencam",)
-CAM_HOW_TO_READ_CLASS_AGNOSTIC = (
-    "Warm colours (red) mark where the target layer's activations vary most (their first principal component). "
-    "EigenCAM ignores the class: the map is the same whichever class is decided. It does not outline the lesion."
-)
-CAM_EMPTY = (
-    "**This map is empty:** no region of the image raised the score of **{label}** at this layer (Grad-CAM keeps only "
-    "what raised it). The decision still stands; the model's head reached it from the image as a whole."
-)
-CAM_HOW_TO_READ = (
-    "Warm colours (red) mark the regions that raised the score of **{label}** most; blue ones had little influence. "
-    "It shows where the model looked, not why, and it does not outline the lesion."
-)
-CAM_HOW_TO_READ_AGAINST = (
-    "Warm colours (red) mark the regions that favoured **{label}** over **{other}** most (the margin between their "
-    "scores, which the decision rests on); blue ones did not. It shows where, not why, and it does not outline the "
-    "lesion."
-)
-CAM_EMPTY_AGAINST = (
-    "**This map is empty:** no region favoured **{label}** over **{other}** at this layer (Grad-CAM keeps only what "
-    "favoured it). The decision still stands; the model's head reached it from the image as a whole."
-)
 
 
 @dataclass

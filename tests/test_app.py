@@ -31,6 +31,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
 
 import app
+from modeling import presentation
+from modeling.gradio_components import user_errors
 from modeling.inference import OOD_WARNING, Prediction, load_classifier, predict
 from modeling.ood_probes import synthetic_image
 
@@ -317,17 +319,18 @@ def test_model_without_ood_score_says_the_check_is_not_available(tiny_model_dir,
     demo = app.build_demo(*load_classifier(tiny_model_dir))
     _, decision, result = handler(demo, "run_predict")(str(files["not_a_lesion.png"]), 0.5, False)
     assert result["in_distribution"] is None and result["ood_score"] is None
-    assert app.OOD_NOT_AVAILABLE in decision and OOD_WARNING not in decision and "not-meaningful" not in decision
+    assert presentation.OOD_NOT_AVAILABLE in decision and OOD_WARNING not in decision
+    assert "not-meaningful" not in decision
     assert "not available for this model" in json.dumps(demo.get_config_file(), default=str)
 
 
 def test_decision_headline():
     in_dist = Prediction({"benign": 0.38, "malignant": 0.62}, "malignant", 0.5, tta=True, views=8, spread=0.05,
                          interval=(0.55, 0.7), ood_score=1.0, ood_threshold=2.0)
-    text = app.decision_html(in_dist)
+    text = presentation.decision_html(in_dist)
     assert "p(malignant) = 0.620 ± 0.050 (range 0.550–0.700 over 8 views) ≥ threshold 0.500" in text
     assert "within the model's threshold" in text and OOD_WARNING not in text
-    out = app.decision_html(Prediction({"benign": 0.7, "malignant": 0.3}, "benign", 0.4, ood_score=3.0,
+    out = presentation.decision_html(Prediction({"benign": 0.7, "malignant": 0.3}, "benign", 0.4, ood_score=3.0,
                                        ood_threshold=2.0))
     assert OOD_WARNING in out and "(not meaningful)" in out and "p(malignant) = 0.300 < threshold 0.400" in out
 
@@ -344,14 +347,14 @@ def test_the_shown_probability_and_threshold_compare_as_the_decision_did(p, thre
     """Rounded for display, a probability just below the threshold must not read as equal to it or above it: both
     get as many decimals as it takes (3 at least)."""
     label = "malignant" if p >= threshold else "benign"
-    text = app.decision_html(Prediction({"benign": 1 - p, "malignant": p}, label, threshold))
+    text = presentation.decision_html(Prediction({"benign": 1 - p, "malignant": p}, label, threshold))
     assert shown in text, text
 
 
 def test_unique_names():
-    names, numbered = app.unique_names(["/c/a1/1.jpg", "/c/b2/2.jpg", "/c/c3/1.jpg"])
+    names, numbered = presentation.unique_names(["/c/a1/1.jpg", "/c/b2/2.jpg", "/c/c3/1.jpg"])
     assert names == ["1.jpg (1)", "2.jpg", "1.jpg (2)"] and numbered
-    assert app.unique_names(["/c/a/1.jpg", "/c/b/2.jpg"]) == (["1.jpg", "2.jpg"], False)
+    assert presentation.unique_names(["/c/a/1.jpg", "/c/b/2.jpg"]) == (["1.jpg", "2.jpg"], False)
 
 
 def test_examples_are_picked_from_a_folder(tmp_path):
@@ -395,26 +398,27 @@ def test_only_bad_input_is_shown_as_its_message():
         raise ValueError("operands could not be broadcast together")
 
     with pytest.raises(gr.Error, match="empty"):
-        app._user_errors(bad_input)()
+        user_errors(bad_input)()
     with pytest.raises(gr.Error, match="Internal error") as error:
-        app._user_errors(bug)()
+        user_errors(bug)()
     assert "broadcast" not in str(error.value)
 
 
 def test_a_cam_caption_names_its_method():
-    caption = app.cam_caption("malignant", "fused", "layercam", target_name="fused features (after ASFF), 7x7")
+    caption = presentation.cam_caption("malignant", "fused", "layercam", target_name="fused features (after ASFF), 7x7")
     assert caption.startswith("**LayerCAM of *malignant*** (fused features (after ASFF), 7x7, layercam)")
     assert "Grad-CAM of" not in caption
-    assert app.cam_caption("benign", "stage4", "gradcam").startswith("**Grad-CAM of *benign***")
+    assert presentation.cam_caption("benign", "stage4", "gradcam").startswith("**Grad-CAM of *benign***")
 
 
 def test_a_contrast_cam_caption_names_both_classes_and_says_what_the_colours_mean():
-    caption = app.cam_caption("malignant", "fused", "gradcam", against="benign")
+    caption = presentation.cam_caption("malignant", "fused", "gradcam", against="benign")
     assert caption.startswith("**Grad-CAM of *malignant* against *benign***")
     assert "favoured **malignant** over **benign**" in caption and "This map is empty" not in caption
-    empty = app.cam_caption("malignant", "fused", "gradcam", empty=True, against="benign")
+    empty = presentation.cam_caption("malignant", "fused", "gradcam", empty=True, against="benign")
     assert "no region favoured **malignant** over **benign**" in empty
-    assert "against" not in app.cam_caption("malignant", "fused", "eigencam", against="benign")  # ignores classes
+    # EigenCAM ignores the class
+    assert "against" not in presentation.cam_caption("malignant", "fused", "eigencam", against="benign")
 
 
 def test_the_cam_is_against_the_other_class_by_default_and_on_a_threshold_flip(loaded, files):

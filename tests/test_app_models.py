@@ -18,7 +18,7 @@ from helpers import lesion_image
 
 import app
 import modeling.inference as inference
-from modeling import AsffResNetConfig, AsffResNetForImageClassification
+from modeling import AsffResNetConfig, AsffResNetForImageClassification, presentation
 from modeling.image_processing import build_image_processor
 from modeling.inference import load_classifier, predict
 
@@ -67,10 +67,12 @@ def dropdown(demo) -> dict:
 
 
 def test_the_cam_choices_named_in_the_app_are_modeling_explains():
-    """The app names the CAM targets and methods itself (modeling.explain is imported after start-up)."""
+    """The app offers the CAM targets and methods from the torch-free `modeling.presentation` (modeling.explain is
+    imported after start-up): each method it offers is one explain runs, and each has a name on screen."""
     from modeling.explain import CAM_METHODS, CAM_TARGETS
 
     assert app.CAM_TARGETS == CAM_TARGETS and list(app.CAM_METHODS) == list(CAM_METHODS)
+    assert set(presentation.CAM_METHOD_NAMES) == set(CAM_METHODS)
 
 
 def test_model_choices_lists_model_directories_and_the_default(models_dir, tmp_path):

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from modeling import presentation
 from modeling.explain import (
     CAM_METHODS,
     CAM_TARGETS,
@@ -196,22 +197,19 @@ def test_an_empty_grad_cam_is_said_so(loaded, image):
     """A map with no positive evidence shows no heat: the caption says so rather than leaving a blank overlay."""
     import dataclasses
 
-    import app
-
     model, processor, _ = loaded["channel"]
     result = explain(model, processor, image, threshold=0.0)
     empty = dataclasses.replace(result, cam=np.zeros_like(result.cam))
     assert empty.cam_is_empty and result.cam_is_empty == (not np.any(result.cam > 0))
-    said = app.cam_caption(empty.cam_label, empty.target, empty.method, empty.cam_is_empty)
+    said = presentation.cam_caption(empty.cam_label, empty.target, empty.method, empty.cam_is_empty)
     assert "This map is empty" in said and f"score of **{empty.cam_label}**" in said
-    assert "This map is empty" not in app.cam_caption(result.cam_label, result.target, result.method, False)
-    assert "This map is empty" not in app.cam_caption(result.cam_label, result.target, "eigencam", True)
+    assert "This map is empty" not in presentation.cam_caption(result.cam_label, result.target, result.method, False)
+    assert "This map is empty" not in presentation.cam_caption(result.cam_label, result.target, "eigencam", True)
 
 
 def test_cam_target_names_give_the_grid_of_the_model_on_screen(loaded, image):
     """The heatmap names the map it explains with the grid it has for this model's input (the app's caption):
     stage3 of a 224 px ResNet-50 is 14x14, of a 288 px model 18x18; the tiny test model's follows its input."""
-    import app
     from modeling import AsffResNetConfig, AsffResNetForImageClassification
     from modeling.explain import cam_target_name
 
@@ -224,5 +222,5 @@ def test_cam_target_names_give_the_grid_of_the_model_on_screen(loaded, image):
     low, high = model.asff_resnet.stage_reductions
     side = -(-TINY_IMAGE_SIZE // high)
     assert result.target_name == f"stage4 ({side}x{side})"
-    assert f"stage4 ({side}x{side})" in app.cam_caption(result.cam_label, result.target, result.method,
-                                                         result.cam_is_empty, result.target_name)
+    assert f"stage4 ({side}x{side})" in presentation.cam_caption(result.cam_label, result.target, result.method,
+                                                                  result.cam_is_empty, result.target_name)
