@@ -7,10 +7,10 @@ batch classification to CSV, and an HTTP API (/predict, /explain, /batch).
 
 Only wiring lives here; the logic is in `modeling/inference.py` (prediction, decision, OOD flag, batches),
 `modeling/explain.py` (Grad-CAM), `modeling/plots.py` (figures), `modeling/serving.py` (the models by name),
-`modeling/presentation.py` (how a result reads on screen: the decision line, captions, the batch table's columns) and
-`modeling/gradio_components.py` (the few Gradio components changed, and the wrapper that turns errors into messages). The
-Hugging Face Space (`space/`) ships this file as `demo.py` and calls the same `serve_or_exit`, `build_demo_for` and
-`launch_and_warm_up`.
+`modeling/presentation.py` (how a result reads on screen: the decision line, captions, the batch table's columns)
+and `modeling/gradio_components.py` (the few Gradio components changed, and the wrapper that turns errors into
+messages). The Hugging Face Space (`space/`) ships this file as `demo.py` and calls the same `serve_or_exit`,
+`build_demo_for` and `launch_and_warm_up`.
 
 Start-up: with a model directory that has an ONNX graph, the page and predictions are served from the directory's
 files and the graph before torch is imported (the processor's numpy twin gives the same pixels,

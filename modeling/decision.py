@@ -51,6 +51,15 @@ def calibrated_probabilities_numpy(logits: np.ndarray, temperature: float = DEFA
     return exp / exp.sum(-1, keepdims=True)
 
 
+def check_threshold(threshold: float) -> float:
+    """The threshold as a float; a ValueError when it is not a probability (a threshold above 1 would decide every
+    image one way without a word)."""
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"the decision threshold is a probability, between 0 and 1; got {threshold}")
+    return value
+
+
 def decide(probs: torch.Tensor | np.ndarray | Sequence[float], threshold: float = DEFAULT_THRESHOLD) -> int:
     """Class index for one image: binary models predict class 1 when p(class 1) >= threshold; others the argmax."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -63,7 +72,7 @@ def decide_batch(probs: torch.Tensor | np.ndarray, threshold: float = DEFAULT_TH
     if probs.ndim != 2:
         raise ValueError(f"probabilities must be (N, num_labels), got shape {probs.shape}")
     if probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(np.int64)
+        return (probs[:, 1] >= check_threshold(threshold)).astype(np.int64)
     return probs.argmax(1).astype(np.int64)
 
 
@@ -72,6 +81,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "calibrated_probabilities",
     "calibrated_probabilities_numpy",
+    "check_threshold",
     "decide",
     "decide_batch",
     "decision_threshold",

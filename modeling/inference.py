@@ -23,7 +23,15 @@ from .decision import calibrated_probabilities, decision_threshold, temperature
 from .image_utils import ImageLoadError, ImageSource, load_image
 from .model_card import read_model_card
 from .onnx_runtime import OnnxClassifier, backend_name
-from .prediction import MODEL_LOCK, OOD_WARNING, ModelInfo, Prediction, local_model_dir, model_name
+from .prediction import (
+    MODEL_LOCK,
+    OOD_WARNING,
+    ModelInfo,
+    Prediction,
+    check_model_source,
+    local_model_dir,
+    model_name,
+)
 from .prediction import make_prediction as prediction_from
 from .prediction import tta_views as tta_views_numpy
 
@@ -36,6 +44,7 @@ def load_classifier(model_id_or_dir: str | Path) -> tuple[nn.Module, Any, ModelI
     shown to users but never read for the decision.
     """
     source = str(model_id_or_dir)
+    check_model_source(source)  # a mistyped local path: a clear error now, not a Hub lookup
     model = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=True, dtype=torch.float32)
     model = model.float().eval().requires_grad_(False)
     processor = AutoImageProcessor.from_pretrained(source)

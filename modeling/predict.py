@@ -22,9 +22,26 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .decision import check_threshold
 from .image_utils import IMAGE_SUFFIXES, find_images
 from .inference import load_classifier, predict_batch, write_csv
 from .onnx_runtime import AUTO, BACKENDS, OnnxMismatchError, OnnxUnavailableError, backend_name, load_backend
+
+
+def probability(text: str) -> float:
+    try:
+        return check_threshold(float(text))
+    except ValueError as error:
+        if "probability" not in str(error):
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="folder of images, searched recursively")
     parser.add_argument("--model", required=True, help="model directory or Hub id")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=None, help="decision threshold on p(class 1)")
+    parser.add_argument("--threshold", type=probability, default=None,
+                        help="decision threshold on calibrated p(class 1), between 0 and 1 (default: the model's)")
     parser.add_argument("--tta", action="store_true", help="average over 8 flips/rotations")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--backend", choices=(AUTO, *BACKENDS), default=AUTO,
                         help="what runs the model (default: %(default)s, the fastest the model directory has)")
     args = parser.parse_args(argv)

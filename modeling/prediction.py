@@ -9,8 +9,10 @@ imported (see app.py). Needs numpy only; its relative imports (`decision`, `mode
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +117,47 @@ def tta_views(pixel_values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(views))
 
 
+# What the Hub accepts as a model id: NAME or OWNER/NAME.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model source that names a local path where there is no model directory."""
+
+
+def check_model_source(source: str | Path) -> None:
+    """Fails at once when `source` is meant as a local path and no directory is there: a path that is not a Hub id, or
+    one whose folder exists (`checkpoints/asff-lite2-isc`). transformers would take it for a Hub id, try the network
+    (a long wait offline) and report a connection error; this says what is wrong and names the nearest model
+    directories. Hub ids and existing directories pass."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return
+    text = str(source)
+    local = (path.exists() or not HUB_ID.match(text) or text.startswith((".", "~"))
+             or (path.parent != Path(".") and path.parent.is_dir()))
+    if not local:
+        return
+    if path.exists():
+        raise ModelNotFoundError(f"{text} is a file; a model is a directory (config.json and the weights) or a Hub id")
+    message = f"No model directory at {text}"
+    if path.parent.is_dir():
+        models = sorted(child.name for child in path.parent.iterdir() if (child / "config.json").is_file())
+        near = difflib.get_close_matches(path.name, models, n=1)
+        if near:
+            message += f"; did you mean {path.parent / near[0]}?"
+        elif models:
+            message += f"; model directories in {path.parent}: {', '.join(models)}"
+    raise ModelNotFoundError(message)
+
+
 def local_model_dir(source: str | Path) -> Path:
     """Where a model's files are: a local directory as it is; a Hub id downloaded (`snapshot_download`: weights, code,
     card and its `onnx/` graphs, into the Hub cache) so that onnxruntime can serve it as it serves a local directory
     (`modeling.onnx_runtime` looks up ONNX files in local directories only)."""
     if Path(source).is_dir():
         return Path(source)
+    check_model_source(source)
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(str(source)))
@@ -176,10 +213,13 @@ def read_model_info(model_dir: str | Path, has_ood_score: bool) -> ModelInfo:
 
 
 __all__ = [
+    "HUB_ID",
     "MODEL_LOCK",
     "OOD_WARNING",
     "ModelInfo",
+    "ModelNotFoundError",
     "Prediction",
+    "check_model_source",
     "count_parameters",
     "local_model_dir",
     "make_prediction",

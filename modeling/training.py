@@ -47,6 +47,7 @@ from .image_processing import build_image_processor, processor_settings, with_pr
 from .metrics import compute_classification_metrics
 from .modeling_asff_resnet import AsffResNetForImageClassification
 from .pipeline_asff_resnet import add_pipeline_to
+from .prediction import ModelNotFoundError, check_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -782,6 +783,7 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     `report/validation/`, so that `modeling.compare` reads either."""
     if not model_args.model_name_or_path:
         raise UsageError("--do_eval_only needs --model_name_or_path")
+    check_model_path(model_args)
     if not data_args.dataset:
         raise UsageError("--dataset is required (an image folder or a Hub dataset id)")
     prepared = evaluation_data(data_args)
@@ -865,12 +867,23 @@ def save_or_push_dataset(prepared: PreparedData, data_args: DataArguments) -> No
         dataset.push_to_hub(data_args.push_dataset_to_hub)
 
 
+def check_model_path(model_args: ModelArguments) -> None:
+    """A `--model_name_or_path` meant as a local path that is not there fails before any data is read (not after a
+    Hub lookup)."""
+    if model_args.model_name_or_path:
+        try:
+            check_model_source(model_args.model_name_or_path)
+        except ModelNotFoundError as error:
+            raise UsageError(f"--model_name_or_path: {error}") from error
+
+
 def check_arguments(model_args: ModelArguments) -> None:
     """Fails before the data is prepared and the first model trains, on a choice that cannot work."""
     from .baselines import BASELINE_ARCHITECTURES, TorchvisionClassifierConfig
 
     if model_args.skip_training and not model_args.model_name_or_path:
         raise UsageError("--skip_training needs --model_name_or_path (the trained model to release)")
+    check_model_path(model_args)
     if model_args.pretrained_backbone and not model_args.model_name_or_path:  # (which refuses it in build_model)
         from .backbones import check_pretrained_source
 

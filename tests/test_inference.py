@@ -2,6 +2,7 @@
 prediction with TTA and its spread, the decision rule, batches with a bad file."""
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from modeling.decision import calibrated_probabilities, decide, decide_batch
 from modeling.image_utils import ImageLoadError, load_image
 from modeling.inference import load_classifier, pixel_values, predict, predict_batch, tta_views
 from modeling.predict import main as predict_cli
+from modeling.prediction import ModelNotFoundError, check_model_source
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
@@ -225,6 +227,40 @@ def test_cli_errors(tmp_path, tiny_model_dir):
     with pytest.raises(SystemExit) as error:
         predict_cli([str(tmp_path / "imgs"), "--model", str(tmp_path / "no_model")])
     assert error.value.code == 1
+
+
+def test_cli_refuses_a_threshold_that_is_not_a_probability(tmp_path, tiny_model_dir, capsys):
+    make_image_folder(tmp_path / "imgs", {"test": 1})
+    for value, said in (("1.5", "between 0 and 1; got 1.5"), ("-0.1", "between 0 and 1"), ("abc", "not a number")):
+        with pytest.raises(SystemExit) as error:
+            predict_cli([str(tmp_path / "imgs"), "--model", str(tiny_model_dir), "--threshold", value])
+        assert error.value.code == 2 and said in capsys.readouterr().err
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        decide([0.3, 0.7], 1.5)  # the library's rule refuses it too (pipeline, app, reports)
+
+
+def test_a_mistyped_model_path_is_named_at_once_with_the_nearest_model(tmp_path, tiny_model_dir, capsys,
+                                                                        monkeypatch):
+    """A path meant as local that is not there: a clear error without a Hub lookup (offline, transformers would wait
+    for the network and report a connection error). Hub ids are left to the Hub."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "asff-tiny")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"did you mean models/asff-tiny\?"):
+        load_classifier("models/asff-tny")
+    with pytest.raises(ModelNotFoundError, match="model directories in models: asff-tiny"):
+        check_model_source("models/something-else")
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        check_model_source(models / "asff-tiny" / "config.json")
+    for local in ("./absent", "/no/such/dir", "a/b/c", "~/absent-model"):
+        with pytest.raises(ModelNotFoundError, match="No model directory"):
+            check_model_source(local)
+    for hub_id in ("microsoft/resnet-50", "resnet-50", models / "asff-tiny"):
+        check_model_source(hub_id)  # a Hub id, or a model directory: no error
+    make_image_folder(tmp_path / "imgs", {"test": 1})
+    with pytest.raises(SystemExit) as error:
+        predict_cli([str(tmp_path / "imgs"), "--model", "models/asff-tny"])
+    assert error.value.code == 1 and "did you mean models/asff-tiny?" in capsys.readouterr().err
 
 
 def test_prediction_at_another_threshold(loaded, image):

