@@ -183,12 +183,14 @@ def build_model_card(
     validation_summary: dict | None = None,
     frame_share: dict | None = None,
     sources: dict | None = None,
+    model_path: str | None = None,
 ) -> ModelCard:
     """README.md of a trained model: Hub metadata (model-index with the test metrics, `decision_threshold` read by the
     app as its slider default) and a body with the disclaimer, intended use, limitations, data, settings, command,
     results and usage. `summary` / `validation_summary` are `write_report` summaries; `frame_share` the test split's
     lesion focus (`lesion_focus.frame_shares` summary), shown when given; `sources` the per-source summaries
-    ({source: {split: summary}}, metrics.json "sources") of a model trained on several sources."""
+    ({source: {split: summary}}, metrics.json "sources") of a model trained on several sources; `model_path` what the
+    usage snippets load (the Hub id it is pushed to, or the directory as the command named it; default `model_name`)."""
     # The report's tables and number formats; imported here so that reading a card (the app, the prediction CLI)
     # does not load the report's statistics and figures.
     from .report import METRIC_NAMES, describe_threshold, format_number, metrics_table
@@ -228,6 +230,7 @@ def build_model_card(
         data,
         template_path=str(TEMPLATE_PATH),
         model_name=model_name,
+        model_path=model_path or model_name,
         description=description,
         base_model=base_model,
         label_names=list(label_names),

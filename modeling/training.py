@@ -728,7 +728,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
             prepared.sources[0], str(data_args.dataset)),
         label_names=prepared.labels, decision_threshold=threshold,
         base_model=None if recipe is not None else model_args.model_name_or_path,
-        validation_summary=validation_summary, frame_share=frame_share, sources=metrics["sources"])
+        validation_summary=validation_summary, frame_share=frame_share, sources=metrics["sources"],
+        model_path=(args.hub_model_id or output_dir.name) if args.push_to_hub else args.output_dir)
     card.save(staging / "README.md")
     _publish(staging, output_dir)
     if args.push_to_hub:

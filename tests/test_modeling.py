@@ -158,6 +158,20 @@ def test_committed_checkpoints_ship_the_current_remote_code():
         assert path.read_bytes() == twin.read_bytes(), f"{path} differs from {twin}"
 
 
+def test_committed_cards_usage_snippets_load_from_the_repository_root():
+    """What a user copies from a shipped card (or the app's About tab) names the model's directory."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    cards = sorted((root / "checkpoints").glob("*/README.md"))
+    if not cards:
+        pytest.skip("no committed checkpoints")
+    for card in cards:
+        named = re.findall(r'(?:model=|from_pretrained\()"([^"]+)"', card.read_text())
+        assert len(named) == 3, card
+        assert {root / name for name in named} == {card.parent}, (card, named)
+
+
 def test_save_and_load_round_trip(tmp_path, fusion_mode):
     model, x = seeded_model(tiny_config(fusion_mode)), images(TINY_IMAGE_SIZE)
     model.save_pretrained(tmp_path)

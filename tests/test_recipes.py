@@ -60,6 +60,24 @@ def test_recipe_arguments_parse_and_share_the_recipe(recipe, tmp_path):
         assert args.num_train_epochs == (70 if "gpu" in recipe else 8)
 
 
+def test_transfer_recipe_trains_the_three_fusions_from_imagenet_per_seed(tmp_path):
+    commands = train_commands(recorded_commands("transfer_cpu.sh", tmp_path))
+    assert len(commands) == 2  # SEEDS="1 2" by default
+    parsed = [parse_args(command[1:]) for command in commands]
+    for model_args, data_args, args in parsed:
+        assert model_args.models == "channel,none,spatial" and model_args.pretrained_backbone == "efficientnet-lite0"
+        assert model_args.channels_last and model_args.image_size is None  # the weights' own resolution (224 px)
+        assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (3e-4, 10, 32)
+        assert data_args.drop_duplicates and data_args.validation_fraction == 0.15 and data_args.split_seed == 42
+    assert [args.seed for _, _, args in parsed] == [1, 2]
+    assert [Path(args.output_dir).name for _, _, args in parsed] == ["seed-1", "seed-2"]
+    chosen = train_commands(recorded_commands("transfer_cpu.sh", tmp_path / "b", {
+        "SEEDS": "7", "MODELS": "channel", "BACKBONE": "efficientnet-lite2", "EPOCHS": "6"}))
+    (model_args, _, args), = [parse_args(command[1:]) for command in chosen]
+    assert (model_args.models, model_args.pretrained_backbone, args.num_train_epochs, args.seed) == (
+        "channel", "efficientnet-lite2", 6, 7)
+
+
 def test_gpu_recipe_trains_three_models_and_compares_them(tmp_path):
     commands = recorded_commands("isic2020_gpu224.sh", tmp_path, {"BF16": "false"}, gpus=2)
     assert all(c[c.index("--bf16") + 1] == "false" for c in train_commands(commands))

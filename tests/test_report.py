@@ -194,6 +194,16 @@ def card_kwargs(summary: dict, **overrides) -> dict:
     return {**kwargs, **overrides}
 
 
+def test_the_cards_usage_snippets_load_the_model_where_it_is(summaries):
+    """The snippets a user copies name the directory as the command named it (or the Hub id it was pushed to), not
+    the folder's bare name, which loads nothing from anywhere else."""
+    summary = summaries["asff_resnet50"]
+    text = build_model_card(**card_kwargs(summary, model_path="runs/lite0")).text
+    assert 'pipeline("image-classification", model="runs/lite0"' in text
+    assert text.count('from_pretrained("runs/lite0"') == 2
+    assert 'model="asff-resnet50-isic2020"' in build_model_card(**card_kwargs(summary)).text  # the name by default
+
+
 def test_model_card_round_trips(summaries):
     summary = summaries["asff_resnet50"]
     card = build_model_card(**card_kwargs(summary, validation_summary=summary))

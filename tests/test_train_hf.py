@@ -138,6 +138,8 @@ def test_push_to_hub_uploads_the_finished_folder_once(image_folder, tiny_config_
                  "report/validation/report.json"):
         assert name in files, name
     assert not [f for f in files if f.startswith(("checkpoint-", ".staging/", "runs/"))], files
+    card = (out / "README.md").read_text()  # its usage snippets load what was pushed
+    assert 'model="me/tiny-asff"' in card and 'from_pretrained("me/tiny-asff"' in card
 
 
 def test_replace_keeps_every_other_training_argument(tmp_path):
