@@ -407,6 +407,8 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Tra
         settings["near_duplicate_distance"] = data_args.near_duplicate_distance
     if data_args.max_train_samples:
         settings["max_train_samples"] = data_args.max_train_samples
+        # What trained, beside the split it was cut from (the card would otherwise show only the split's size)
+        settings["train_images_used"] = min(data_args.max_train_samples, settings["split_sizes"].get("train", 0))
     return settings
 
 
@@ -715,7 +717,8 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         settings["stopped_by_time_budget_min"] = model_args.max_train_minutes
     settings.update(calibration_summary(trainer.model.config, calibration))
     preprocessing = processor_settings(processor)
-    settings.update(color_constancy=preprocessing["color_constancy_power"], resize_mode=preprocessing["resize_mode"])
+    power = preprocessing["color_constancy_power"]  # the Shades-of-Gray power; None: no colour constancy
+    settings.update(color_constancy="off" if power is None else power, resize_mode=preprocessing["resize_mode"])
     metrics = {"model": name, "test": summary, "validation": validation_summary,
                "train": train_metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary"),
                "datasets": prepared.source_roots,

@@ -264,6 +264,7 @@ def test_the_card_names_what_ended_and_cut_the_run_and_ood_fits_on_the_images_tr
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert "epochs" not in settings and settings["max_steps"] == 1
     assert settings["max_train_samples"] == 6 and settings["near_duplicate_distance"] == 3
-    assert seen["train_images"] == 6
+    assert seen["train_images"] == 6 and settings["train_images_used"] == 6 < settings["split_sizes"]["train"]
     card = (out / "README.md").read_text()
     assert "| `max_steps` | `1` |" in card and "| `epochs` |" not in card
+    assert "| `train_images_used` | `6` |" in card and "| `color_constancy` | `off` |" in card
