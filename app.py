@@ -475,7 +475,7 @@ def build_demo_for(registry: ModelRegistry, examples: list[str | Path] | None = 
             # `file` and `label` pinned (on screen on a phone while the rest scrolls sideways), fixed widths so that
             # empty columns do not squeeze their headers into a tall stack.
             columns = table_columns(info)
-            widths = {"file": "120px", "label": "110px", "in_distribution": "120px", "error": "220px",
+            widths = {"file": "120px", "label": "110px", "in_distribution": "150px", "error": "220px",
                       **{c: "115px" for c in columns if c.startswith("p_")}}  # "p_malignant" on one line
             table = gr.Dataframe(value={"headers": columns, "data": []}, headers=columns, interactive=False,
                                  wrap=True, pinned_columns=2, column_widths=[widths.get(c, "95px") for c in columns],

@@ -203,8 +203,9 @@ def unique_names(paths: list[str]) -> tuple[list[str], bool]:
 
 def table_columns(info: ModelInfo) -> list[str]:
     """The batch table's columns (the CSV adds the settings: model, threshold, tta, backend); `label` right after
-    `file`, so that it stays visible on a phone."""
-    return ["file", "label", *(f"p_{label}" for label in info.id2label.values()), "p_spread", "in_distribution",
+    `file`, so that it stays visible on a phone, and `in_distribution` right after it: a label is not meaningful for an
+    image flagged as out of distribution, and the flag must not sit a sideways scroll away from it."""
+    return ["file", "label", "in_distribution", *(f"p_{label}" for label in info.id2label.values()), "p_spread",
             "ood_score", "error"]
 
 

@@ -183,7 +183,8 @@ def test_batch_unique_names_ood_rows_and_csv_settings(client, files, loaded):
     names = ["lesion0.jpg", "benign/1.jpg", "malignant/1.jpg", "not_a_lesion.png", "truncated.jpg",
              "not_an_image.jpg"]
     table, csv_path, summary = client.predict([handle_file(files[n]) for n in names], 0.5, True, api_name="/batch")
-    assert table["headers"] == app.table_columns(loaded[2]) and table["headers"][:2] == ["file", "label"]
+    assert table["headers"] == app.table_columns(loaded[2])
+    assert table["headers"][:3] == ["file", "label", "in_distribution"]  # the flag beside the label, on a phone too
     rows = {row[0]: dict(zip(table["headers"], row, strict=True)) for row in table["data"]}
     assert set(rows) == {"lesion0.jpg", "1.jpg (1)", "1.jpg (2)", "not_a_lesion.png", "truncated.jpg",
                          "not_an_image.jpg"}
