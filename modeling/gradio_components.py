@@ -63,7 +63,8 @@ class BoundedSlider(gr.Slider, metaclass=_WithoutStub):
 
 class DecisionLabel(gr.Label, metaclass=_WithoutStub):
     """Lets the handler return `(label, {class: probability})`, so that the Label's `label` (what the API returns)
-    is the thresholded decision rather than the most probable class."""
+    is the thresholded decision rather than the most probable class, and its bar comes first (as the pipeline puts the
+    decided class first): a decision below p = 0.5 would otherwise sit under the other class's longer bar."""
 
     is_template = True
 
@@ -72,6 +73,7 @@ class DecisionLabel(gr.Label, metaclass=_WithoutStub):
             label, probs = value
             data = super().postprocess(probs)
             data.label = label
+            data.confidences = sorted(data.confidences, key=lambda c: c.label != label)  # stable: the rest by score
             return data
         return super().postprocess(value)
 

@@ -235,3 +235,4 @@ def test_a_model_switch_keeps_the_sliders_range_check(demo, image_path):
         assert isinstance(rebuilt, kind)
     label = app.DecisionLabel(render=False).postprocess(("malignant", {"benign": 0.7, "malignant": 0.3}))
     assert label.label == "malignant"  # the decision, not the most probable class
+    assert [c.label for c in label.confidences] == ["malignant", "benign"]  # its bar first

@@ -201,6 +201,9 @@ def assert_decision_matches_threshold(page) -> str:
         assert label == ("malignant" if p >= value else "benign"), (label, p, value)
     expect(page.locator("#cam-caption")).to_contain_text(f"Grad-CAM of {label}", timeout=TIMEOUT_MS)
     expect(page.locator("#timing")).not_to_contain_text("no CAM")
+    other = "benign" if label == "malignant" else "malignant"  # the decided class's bar comes first
+    expect(page.locator("#probabilities")).to_have_text(re.compile(rf"{label}\s+[\d.]+%\s+{other}\s+[\d.]+%"),
+                                                        timeout=TIMEOUT_MS)
     return label
 
 
