@@ -18,19 +18,21 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
+from .model_card import with_usage_path
 from .pipeline_asff_resnet import add_pipeline_to
 
 COPIED = ("preprocessor_config.json", "image_processing_asff_resnet.py", "README.md", "metrics.json")
 
 
-def rename_card(card_path: Path, name: str, note: str | None = None) -> None:
-    """Names the release in its model card (metadata, heading, usage snippet) and appends release notes."""
+def rename_card(card_path: Path, name: str, note: str | None = None, model_path: str | None = None) -> None:
+    """Names the release in its model card (metadata, heading), points its usage snippets at `model_path` (default
+    `name`: the release's directory as the command named it, or its Hub id) and appends release notes."""
     card = ModelCard.load(card_path)
     old = card.data.model_name
     card.data.model_name = name
     if old:
-        card.content = card.content.replace(f"\n# {old}\n", f"\n# {name}\n", 1).replace(
-            f'from_pretrained("{old}"', f'from_pretrained("{name}"').replace(f'model="{old}"', f'model="{name}"')
+        card.content = card.content.replace(f"\n# {old}\n", f"\n# {name}\n", 1)
+    card.content = with_usage_path(card.content, model_path or name)
     if note:
         card.content += f"\n## Release notes\n\n{note}\n"
     card.save(card_path)
@@ -59,7 +61,7 @@ def export_half_precision(source: str | Path, destination: str | Path, note: str
     if (source / "report").is_dir():
         shutil.copytree(source / "report", staging / "report")
     if (staging / "README.md").is_file():
-        rename_card(staging / "README.md", destination.name, note)
+        rename_card(staging / "README.md", destination.name, note, model_path=str(destination))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination

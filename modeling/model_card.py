@@ -14,6 +14,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 PAPER_URL = "https://arxiv.org/abs/2510.03876"
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
+# What the card's usage snippets load (the template's `model_path`): the pipeline's model and both from_pretrained.
+USAGE_SNIPPET_PATH = re.compile(r'(pipeline\("image-classification", model=|\.from_pretrained\()"[^"]*"')
 
 
 def read_model_card(source: str | Path) -> tuple[str | None, dict[str, Any]]:
@@ -256,4 +258,9 @@ def build_model_card(
     )
 
 
-__all__ = ["PAPER_URL", "build_model_card", "read_model_card"]
+def with_usage_path(content: str, model_path: str) -> str:
+    """A card's text with its usage snippets loading `model_path` (a release moved to another directory or Hub id)."""
+    return USAGE_SNIPPET_PATH.sub(lambda match: f'{match.group(1)}"{model_path}"', content)
+
+
+__all__ = ["PAPER_URL", "build_model_card", "read_model_card", "with_usage_path"]

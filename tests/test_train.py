@@ -239,8 +239,10 @@ def test_half_precision_export_loads_as_float32(trained, tmp_path):
         assert torch.allclose(release(x).logits, original(x).logits, atol=1e-2)
     assert (out / "README.md").is_file() and (out / "report" / "roc.png").is_file()
     assert not list(out.glob("checkpoint-*"))
-    card = (out / "README.md").read_text()  # the usage snippets name the release, not the training run
-    assert 'model="release"' in card and 'from_pretrained("release"' in card and f'model="{trained.name}"' not in card
+    card = (out / "README.md").read_text()  # the usage snippets load the release where it is, not the training run
+    assert f'model="{out}"' in card and card.count(f'from_pretrained("{out}"') == 2
+    assert f'"{trained}"' not in card  # (its command, which names the run's directory, stays)
+    assert "\n# release\n" in card
 
 
 def test_the_card_names_what_ended_and_cut_the_run_and_ood_fits_on_the_images_trained_on(
