@@ -79,7 +79,7 @@ import_torch_free_modules()
 from modeling.gradio_components import BoundedSlider, DecisionLabel, RawUploadImage, user_errors  # noqa: E402
 from modeling.image_utils import find_images, load_image  # noqa: E402
 from modeling.onnx_runtime import AUTO, BACKENDS, OnnxClassifier  # noqa: E402
-from modeling.prediction import ModelInfo, Prediction  # noqa: E402
+from modeling.prediction import ModelInfo, ModelNotFoundError, Prediction, check_model_source  # noqa: E402
 from modeling.presentation import (  # noqa: E402
     CAM_METHOD_NAMES,
     CAM_TARGETS,
@@ -610,6 +610,10 @@ def serve_or_exit(source: str | Path, backend: str = AUTO) -> ServedModel:
     explicitly requested backend cannot be had."""
     if Path(source) == DEFAULT_MODEL and not DEFAULT_MODEL.is_dir():
         load_or_exit(source)  # the message saying how to get a model
+    try:
+        check_model_source(source)  # a mistyped path: said at once, before torch is imported
+    except ModelNotFoundError as error:
+        sys.exit(f"Could not load a model from {source!s}: {error}\n{HOW_TO_GET_A_MODEL}")
     try:
         served = start_without_torch(source, backend)
     except Exception as error:  # an explicit backend whose graph does not match the model

@@ -372,6 +372,11 @@ def test_missing_model_message(tmp_path):
     with pytest.raises(SystemExit) as error:
         app.main(["--model", str(tmp_path / "no_model_here")])
     assert "Could not load a model" in str(error.value.code) and "train_hf.py" in str(error.value.code)
+    (tmp_path / "models" / "asff-tiny").mkdir(parents=True)
+    (tmp_path / "models" / "asff-tiny" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as error:  # a typo: named at once, with the model meant
+        app.main(["--model", str(tmp_path / "models" / "asff-tny")])
+    assert f"did you mean {tmp_path / 'models' / 'asff-tiny'}?" in str(error.value.code)
 
 
 @pytest.mark.slow
