@@ -11,7 +11,6 @@ in `modeling.training`. Examples:
 """
 
 import dataclasses
-import json
 import logging
 import sys
 
@@ -19,7 +18,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling.data import DataError
-from modeling.training import DataArguments, ModelArguments, UsageError, main
+from modeling.training import DataArguments, ModelArguments, UsageError, json_arguments, main
 
 DEFAULTS = {  # the recipe's defaults; every one can be overridden on the command line or in a JSON file
     "eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
@@ -30,19 +29,32 @@ DEFAULTS = {  # the recipe's defaults; every one can be overridden on the comman
 }
 
 
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser with argparse's own checks for both forms (flags and JSON), no abbreviated flags
+    (`--learning_rat` is a typo, not `--learning_rate`), and a short error: TrainingArguments' usage is ~140 lines."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(python train_hf.py --help lists every option)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Command-line options, or one JSON file of them (`python train_hf.py cfg.json`); DEFAULTS apply to both."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     parser.set_defaults(**DEFAULTS)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        with open(argv[0], encoding="utf-8") as handle:
-            values = json.load(handle)
         known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
-        if unknown := sorted(set(values) - known):
-            parser.error(f"{argv[0]}: unknown option(s) {unknown}")
-        return parser.parse_dict({**DEFAULTS, **values})  # parse_dict alone would ignore the parser's defaults
-    return parser.parse_args_into_dataclasses(args=argv)
+        try:
+            argv = json_arguments(argv[0], known)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unknown option(s) {unknown}")
+    return tuple(parsed)
 
 
 def run(argv: list[str] | None = None) -> dict:

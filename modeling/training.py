@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -379,8 +380,31 @@ def calibrate(trainer: Trainer, prepared: PreparedData, processor, fit_ood: bool
     return fit_calibration(trainer.model, batches, eval_batches(prepared.dataset["validation"], processor, size))
 
 
+def json_arguments(path: str, known: set[str] | None = None) -> list[str]:
+    """A JSON file of options as the command-line flags it stands for, so that both forms go through the same type
+    checks ("max_steps": "four" is an error, "drop_duplicates": "false" is false); an unknown key is an error."""
+    with open(path, encoding="utf-8") as handle:
+        values = json.load(handle)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of options, got {type(values).__name__}")
+    if known is not None and (unknown := sorted(set(values) - known)):
+        raise ValueError(f"{path}: unknown option(s) {unknown}")
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue  # null: the default
+        items = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v) for v in items)]
+    return argv
+
+
 def command_line() -> str:
-    return " ".join(["python" if Path(sys.argv[0]).suffix == ".py" else "", *sys.argv]).strip()
+    """The command that ran, for the card; a JSON file of options is spelled out as the flags it held, so that the
+    card's command can be re-run once the file has changed or gone."""
+    argv = sys.argv
+    if len(argv) == 2 and argv[1].endswith(".json") and Path(argv[1]).is_file():
+        argv = [argv[0], *json_arguments(argv[1])]
+    return " ".join(["python" if Path(argv[0]).suffix == ".py" else "", *map(shlex.quote, argv)]).strip()
 
 
 def run_settings(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, name: str,

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import socket
+import sys
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -65,6 +66,39 @@ def test_json_config_with_an_unknown_option_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args([write_json(tmp_path / "cfg.json", {"dataset": "d", "output_dir": "o", "epochs": 3})])
     assert exit_info.value.code == 2 and "unknown option(s) ['epochs']" in capsys.readouterr().err
+
+
+def test_json_values_are_checked_as_the_command_line_checks_them(tmp_path, capsys):
+    """The JSON form goes through argparse's types: "false" is false (it was a truthy string), a word for a number is
+    a usage error (it was a TypeError deep in the Trainer), and a list gives several sources."""
+    model_args, data_args, args = parse_args([write_json(tmp_path / "cfg.json", {
+        "dataset": ["a", "b"], "drop_duplicates": "false", "channels_last": True, "output_dir": "o",
+        "max_train_samples": None})])
+    assert data_args.dataset == ["a", "b"] and data_args.drop_duplicates is False and model_args.channels_last is True
+    assert data_args.max_train_samples is None
+    for values, said in (({"max_steps": "four"}, "invalid int value: 'four'"),
+                         ({"test_fraction": "a lot"}, "invalid float value")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args([write_json(tmp_path / "bad.json", {"dataset": "d", "output_dir": "o", **values})])
+        assert exit_info.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_the_cards_command_spells_out_a_json_file(tmp_path, monkeypatch):
+    """The card's command of a JSON-configured run can be re-run after the file changed: it holds the flags."""
+    config = write_json(tmp_path / "cfg.json", {"dataset": ["a b", "c"], "num_train_epochs": 2, "seed": None})
+    monkeypatch.setattr(sys, "argv", ["train_hf.py", config])
+    assert training.command_line() == "python train_hf.py --dataset 'a b' c --num_train_epochs 2"
+    monkeypatch.setattr(sys, "argv", ["train_hf.py", "--seed", "3"])
+    assert training.command_line() == "python train_hf.py --seed 3"
+
+
+def test_a_mistyped_or_abbreviated_flag_is_a_short_usage_error(capsys):
+    for argv in (["--dataset", "d", "--no_such_flag", "1"], ["--dataset", "d", "--learning_rat", "0.1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"unknown option(s) ['{argv[2]}'" in err
+        assert len(err.splitlines()) <= 3 and "Traceback" not in err  # not the ~140 lines of usage
 
 
 def test_json_config_trains_end_to_end(image_folder, tiny_config_dir, tmp_path):
