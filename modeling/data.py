@@ -277,15 +277,29 @@ def _same_labels(first: _Source, other: _Source, first_root: str, other_root: st
         raise DataError(f"the sources have different label sets: {first.name} ({first_root}) has {first.labels}, "
                         f"{other.name} ({other_root}) has {other.labels}; every source needs the same labels "
                         "(rename the label folders, or map the labels, so that they agree)")
-    if other.labels != first.labels:
-        to_first = [first.labels.index(label) for label in other.labels]
-        target = ClassLabel(names=first.labels)
-        other.dataset = DatasetDict({
-            split: part.map(lambda label: {"label": to_first[label]}, input_columns="label").cast_column("label",
-                                                                                                          target)
-            for split, part in other.dataset.items()})
-        other.labels = list(first.labels)
-    return other
+    return _in_label_order(other, first.labels)
+
+
+def _in_label_order(source: _Source, labels: list[str]) -> _Source:
+    """`source` with its label ids in the order of `labels` (the same set)."""
+    if source.labels != labels:
+        to_new = [labels.index(label) for label in source.labels]
+        target = ClassLabel(names=labels)
+        source.dataset = DatasetDict({
+            split: part.map(lambda label: {"label": to_new[label]}, input_columns="label").cast_column("label", target)
+            for split, part in source.dataset.items()})
+        source.labels = list(labels)
+    return source
+
+
+def positive_last(labels: list[str], positive_label: str | None) -> list[str]:
+    """The label order with `positive_label` last: class 1 of a two-class model, whose probability the decision
+    threshold, recall and ROC AUC are about (without it, the label that sorts last)."""
+    if positive_label is None:
+        return list(labels)
+    if positive_label not in labels:
+        raise DataError(f"--positive_label {positive_label!r} is not one of the data's labels {labels}")
+    return [label for label in labels if label != positive_label] + [positive_label]
 
 
 def _merge_sources(parts: list[_Source]) -> DatasetDict:
@@ -322,6 +336,7 @@ def build_dataset_dict(
     label_column: str = "label",
     carve_test_fraction: float = 0.0,
     evaluation_only: bool = False,
+    positive_label: str | None = None,
 ) -> PreparedData:
     """The data set from one or several sources: image folders (`<split>/<label>/*` or `<label>/*`) or Hub dataset
     ids. Per source: its test split is kept untouched; a source without one becomes train (and test, when
@@ -329,12 +344,14 @@ def build_dataset_dict(
     hold every source's rows with a `source` column (the folder's name or the Hub id; `PreparedData.sources`).
     The label sets must agree across sources. Duplicates (folders) are judged within and across sources; with
     `drop_cross_split_duplicates` train copies of any validation/test image go. `evaluation_only`: each source's
-    test split, or all of a source without one, as "test"."""
+    test split, or all of a source without one, as "test". The labels are sorted, `positive_label` (if given) last."""
     roots = source_list(source)
     names = source_names(roots)
     parts = [_load_source(root, name, image_column, label_column) for root, name in zip(roots, names, strict=True)]
     for part, root in zip(parts[1:], roots[1:], strict=True):  # before any split: the label sets must agree
         _same_labels(parts[0], part, roots[0], root)
+    order = positive_last(parts[0].labels, positive_label)
+    parts = [_in_label_order(part, order) for part in parts]
     parts = [_split_source(part, validation_fraction, seed, carve_test_fraction, evaluation_only) for part in parts]
     labels = parts[0].labels
     dataset = _merge_sources(parts)

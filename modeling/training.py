@@ -145,6 +145,9 @@ class DataArguments:
     label_column_name: str = field(default="label", metadata={"help": "Hub datasets: the label column"})
     validation_fraction: float = field(default=0.15, metadata={"help": "stratified share of train for validation"})
     test_fraction: float = field(default=0.0, metadata={"help": "share carved for test when the data has none"})
+    positive_label: str | None = field(default=None, metadata={
+        "help": "the label that is class 1 of a two-class model: the one the decision threshold, recall, ROC AUC "
+                "and the app's slider are about (default: the label that sorts last, e.g. 'malignant')"})
     split_seed: int = field(default=42, metadata={"help": "seed of the validation (and test) split"})
     drop_duplicates: bool = field(default=False, metadata={
         "help": "drop train images that duplicate validation/test images (exact or near), and exact copies"})
@@ -429,6 +432,8 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Tra
         settings["max_steps"] = args.max_steps
     if data_args.drop_duplicates:
         settings["near_duplicate_distance"] = data_args.near_duplicate_distance
+    if data_args.positive_label:
+        settings["positive_label"] = data_args.positive_label
     if data_args.max_train_samples:
         settings["max_train_samples"] = data_args.max_train_samples
         # What trained, beside the split it was cut from (the card would otherwise show only the split's size)
@@ -814,6 +819,9 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     check_model_path(model_args)
     if not data_args.dataset:
         raise UsageError("--dataset is required (an image folder or a Hub dataset id)")
+    if data_args.positive_label:
+        raise UsageError("--positive_label orders the classes of a model being trained; an evaluated model keeps its "
+                         "own (its config's id2label)")
     prepared = evaluation_data(data_args)
     split = data_args.eval_split
     model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
@@ -868,7 +876,8 @@ def training_splits(data_args: DataArguments) -> PreparedData:
         data_args.dataset, validation_fraction=data_args.validation_fraction, seed=data_args.split_seed,
         drop_cross_split_duplicates=data_args.drop_duplicates,
         near_duplicate_distance=data_args.near_duplicate_distance, image_column=data_args.image_column_name,
-        label_column=data_args.label_column_name, carve_test_fraction=data_args.test_fraction)
+        label_column=data_args.label_column_name, carve_test_fraction=data_args.test_fraction,
+        positive_label=data_args.positive_label)
 
 
 def prepare_data(data_args: DataArguments, seed: int) -> PreparedData:
@@ -876,6 +885,10 @@ def prepare_data(data_args: DataArguments, seed: int) -> PreparedData:
     logger.info("data: %s, labels %s, duplicates %s, %d unreadable file(s) skipped",
                 {k: len(v) for k, v in prepared.dataset.items()}, prepared.labels,
                 prepared.duplicates.get("summary"), len(prepared.skipped))
+    if len(prepared.labels) == 2:
+        how = "--positive_label" if data_args.positive_label else "the label that sorts last; --positive_label chooses"
+        logger.info("class 1, the positive class (the threshold, recall and ROC AUC are about it): %r (%s)",
+                    prepared.labels[1], how)
     if len(prepared.sources) > 1:
         logger.info("per source: %s", {split: {name: len(rows) for name, rows in prepared.source_indices(split).items()}
                                        for split in prepared.dataset})

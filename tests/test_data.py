@@ -39,6 +39,22 @@ def test_folder_without_splits_and_many_labels(tmp_path):
     assert sum(len(v) for v in prepared.dataset.values()) == 18
 
 
+def test_positive_label_is_class_1_in_every_source_and_split(tmp_path):
+    """Labels sort alphabetically, so of nevus/melanoma, nevus would be class 1 (what the threshold, recall and ROC AUC
+    are about); --positive_label puts the named one last, with every image keeping its own label."""
+    first = make_image_folder(tmp_path / "first", {"train": 6, "test": 3}, labels=("nevus", "melanoma"))
+    second = make_image_folder(tmp_path / "second", {"train": 6}, labels=("melanoma", "nevus"))
+    assert build_dataset_dict([first, second], validation_fraction=0.2).labels == ["melanoma", "nevus"]
+    prepared = build_dataset_dict([first, second], validation_fraction=0.2, positive_label="melanoma")
+    assert prepared.labels == ["nevus", "melanoma"]
+    for split in prepared.dataset.values():
+        assert split.features["label"].names == ["nevus", "melanoma"]
+        for label, path in zip(split["label"], split["path"], strict=True):
+            assert Path(path).parent.name == prepared.labels[label]
+    with pytest.raises(DataError, match="'mole' is not one of the data's labels"):
+        build_dataset_dict(first, positive_label="mole")
+
+
 def test_duplicates_are_reported_and_dropped_from_train(tmp_path):
     root = make_image_folder(tmp_path, {"train": 5, "test": 3})
     shutil.copy(root / "test/benign/0.jpg", root / "train/benign/copy_of_test.jpg")

@@ -218,6 +218,10 @@ def test_balanced_class_weights_are_sklearns_and_ignore_a_missing_class():
      "No model directory at"),
     (["--do_eval_only", "true", "--dataset", "{empty}", "--output_dir", "out", "--model_name_or_path",
       "./no-such-model"], "No model directory at ./no-such-model"),
+    (["--do_eval_only", "true", "--dataset", "{data}", "--output_dir", "out", "--model_name_or_path", "{data}",
+      "--positive_label", "malignant"], "an evaluated model keeps its own"),
+    (["--dataset", "{data}", "--output_dir", "out", "--positive_label", "melanoma"],
+     "'melanoma' is not one of the data's labels ['benign', 'malignant']"),
 ])
 def test_user_errors_are_one_line_and_exit_code_2(arguments, message, image_folder, tmp_path, caplog, monkeypatch):
     (tmp_path / "empty").mkdir()
