@@ -18,7 +18,14 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling.data import DataError
-from modeling.training import DataArguments, ModelArguments, UsageError, json_arguments, main
+from modeling.training import (
+    DataArguments,
+    ModelArguments,
+    UsageError,
+    finished_run_lines,
+    json_arguments,
+    main,
+)
 
 DEFAULTS = {  # the recipe's defaults; every one can be overridden on the command line or in a JSON file
     "eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
@@ -64,10 +71,13 @@ def run(argv: list[str] | None = None) -> dict:
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     try:
-        return main(model_args, data_args, training_args)
+        result = main(model_args, data_args, training_args)
     except (DataError, UsageError) as error:
         logging.getLogger("train_hf").error("%s", error)
         sys.exit(2)
+    if training_args.should_log:
+        print("\n".join(finished_run_lines(result, training_args.output_dir)))
+    return result
 
 
 if __name__ == "__main__":

@@ -868,6 +868,43 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     return metrics
 
 
+def _headline(summary: dict) -> str:
+    from .report import describe_threshold, format_interval, format_number
+
+    metrics, ci = summary["metrics"], summary.get("ci95", {})
+
+    def value(name: str) -> str:
+        interval = format_interval(ci.get(name))
+        return format_number(metrics.get(name)) + ("" if interval == "–" else f" {interval}")
+
+    return (f"ROC AUC {value('roc_auc')}, accuracy {value('accuracy')} at threshold {describe_threshold(summary)}, "
+            f"n = {summary['n']}")
+
+
+def finished_run_lines(result: dict, output_dir: str) -> list[str]:
+    """What `train_hf.py` prints when it is done: where each model and report went, and its headline numbers
+    (95 % CIs), so that nobody has to open metrics.json to see how a run went."""
+    if "eval_split" in result:  # --do_eval_only
+        split = result["eval_split"]
+        report = Path(output_dir) / "report" / ("validation" if split == "validation" else "")
+        return [f"{result['model']} on the {split} split of {' + '.join(result['datasets'])}:",
+                f"  {_headline(result[split])}", f"report: {report}"]
+    if "splits" in result and "duplicates" in result:  # --prepare_only
+        return [f"data prepared: {result['splits']}"]
+    lines = []
+    for name, metrics in result.items():
+        if not metrics:  # another process of a distributed run
+            continue
+        out = Path(output_dir) if len(result) == 1 else Path(output_dir) / name
+        lines.append(f"{out}: the model, its card (README.md), metrics.json and report/")
+        lines.append(f"  test: {_headline(metrics['test'])}")
+        if metrics.get("validation"):
+            lines.append(f"  validation: {_headline(metrics['validation'])}")
+    if len(result) > 1:
+        lines.append(f"comparison (paired): {Path(output_dir) / 'comparison.md'}")
+    return lines
+
+
 def training_splits(data_args: DataArguments) -> PreparedData:
     """The splits a training run on `data_args` uses (and `--eval_split validation` re-creates)."""
     if not data_args.dataset:

@@ -101,8 +101,9 @@ def test_a_mistyped_or_abbreviated_flag_is_a_short_usage_error(capsys):
         assert len(err.splitlines()) <= 3 and "Traceback" not in err  # not the ~140 lines of usage
 
 
-def test_json_config_trains_end_to_end(image_folder, tiny_config_dir, tmp_path):
-    """`python train_hf.py cfg.json` (before the fix: KeyError 'image', the Trainer dropping the image column)."""
+def test_json_config_trains_end_to_end(image_folder, tiny_config_dir, tmp_path, capsys):
+    """`python train_hf.py cfg.json` (before the fix: KeyError 'image', the Trainer dropping the image column); it
+    ends by printing where the model went and its headline numbers."""
     out = tmp_path / "run"
     config = write_json(tmp_path / "cfg.json", {
         "dataset": str(image_folder), "config_name": str(tiny_config_dir), "output_dir": str(out),
@@ -111,6 +112,16 @@ def test_json_config_trains_end_to_end(image_folder, tiny_config_dir, tmp_path):
     assert result["channel"]["test"]["n"] == 12
     assert json.loads((out / "metrics.json").read_text())["settings"]["class_weighting"] == "balanced"
     assert (out / "model.safetensors").is_file() and (out / "report" / "report.json").is_file()
+    printed = capsys.readouterr().out.splitlines()
+    test = result["channel"]["test"]
+    assert printed[-3].startswith(f"{out}: the model, its card")
+    assert printed[-2].startswith(f"  test: ROC AUC {test['metrics']['roc_auc']:.3f}") and "n = 12" in printed[-2]
+    assert printed[-1].startswith("  validation: ROC AUC")
+    eval_only = run(["--do_eval_only", "true", "--model_name_or_path", str(out), "--dataset", str(image_folder),
+                     "--output_dir", str(tmp_path / "eval"), "--per_device_eval_batch_size", "16"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2].startswith(f"  ROC AUC {eval_only['test']['metrics']['roc_auc']:.3f}")
+    assert printed[-1] == f"report: {tmp_path / 'eval' / 'report'}" and "on the test split of" in printed[-3]
 
 
 class RecordingHub:
