@@ -203,7 +203,7 @@ def calibrate_saved_model(model_dir: str | Path, dataset: str, output_dir: str |
     from safetensors import safe_open
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from .data import build_dataset_dict
+    from .data import build_dataset_dict, in_model_label_order
     from .decision import calibrated_probabilities
     from .metrics.statistics import choose_threshold, expected_calibration_error
 
@@ -220,9 +220,7 @@ def calibrate_saved_model(model_dir: str | Path, dataset: str, output_dir: str |
         seed=settings.get("split_seed", 42) if split_seed is None else split_seed,
         drop_cross_split_duplicates=settings.get("drop_duplicates", False) if drop_duplicates is None
         else drop_duplicates)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if prepared.labels != labels:
-        raise ValueError(f"the data's labels {prepared.labels} differ from the model's {labels}")
+    in_model_label_order(prepared, [model.config.id2label[i] for i in range(model.config.num_labels)])
     from .training import eval_batches
 
     legacy = legacy_card_threshold(model_dir)

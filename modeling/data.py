@@ -280,16 +280,35 @@ def _same_labels(first: _Source, other: _Source, first_root: str, other_root: st
     return _in_label_order(other, first.labels)
 
 
+def _relabelled(dataset: DatasetDict, old: list[str], new: list[str]) -> DatasetDict:
+    """`dataset` with label ids in the order `new` (the same names as `old`): each image keeps its label's name
+    (a plain cast of the ClassLabel would keep the ids and rename them)."""
+    to_new = [new.index(label) for label in old]
+    target = ClassLabel(names=new)
+    return DatasetDict({
+        split: part.map(lambda label: {"label": to_new[label]}, input_columns="label").cast_column("label", target)
+        for split, part in dataset.items()})
+
+
 def _in_label_order(source: _Source, labels: list[str]) -> _Source:
     """`source` with its label ids in the order of `labels` (the same set)."""
     if source.labels != labels:
-        to_new = [labels.index(label) for label in source.labels]
-        target = ClassLabel(names=labels)
-        source.dataset = DatasetDict({
-            split: part.map(lambda label: {"label": to_new[label]}, input_columns="label").cast_column("label", target)
-            for split, part in source.dataset.items()})
+        source.dataset = _relabelled(source.dataset, source.labels, labels)
         source.labels = list(labels)
     return source
+
+
+def in_model_label_order(prepared: PreparedData, model_labels: list[str]) -> PreparedData:
+    """`prepared` with its label ids in a model's order (its id2label), for scoring the model on it: the same names
+    in another order (a model trained with --positive_label) are re-indexed by name; other names are a DataError."""
+    model_labels = [str(label) for label in model_labels]
+    if set(prepared.labels) != set(model_labels):
+        raise DataError(f"the data's labels {prepared.labels} do not match the model's {model_labels}: name the "
+                        "label folders as the model's classes (or fine-tune the model on these labels instead)")
+    if prepared.labels != model_labels:
+        prepared.dataset = _relabelled(prepared.dataset, prepared.labels, model_labels)
+        prepared.labels = model_labels
+    return prepared
 
 
 def positive_last(labels: list[str], positive_label: str | None) -> list[str]:

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         model, processor, info = load_classifier(args.model)
     except Exception as error:  # missing directory, unknown Hub id, offline
         parser.exit(1, f"Could not load a model from {args.model}: {type(error).__name__}: {error}\n")
+    if args.threshold is not None and len(info.id2label) != 2:  # it would be recorded in the CSV, and not used
+        parser.error(f"--threshold applies to two-class models; {info.name} has {len(info.id2label)} classes and "
+                     "decides by the most probable one")
     try:
         backend = load_backend(args.model, model, processor, args.backend)
     except (OnnxUnavailableError, OnnxMismatchError) as error:

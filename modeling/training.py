@@ -40,6 +40,7 @@ from .data import (
     PreparedData,
     build_dataset_dict,
     collate_fn,
+    in_model_label_order,
     make_transform_fn,
     transforms_for_processor,
 )
@@ -795,7 +796,8 @@ def evaluation_data(data_args: DataArguments) -> PreparedData:
         prepared = build_dataset_dict(data_args.dataset, validation_fraction=0.0, evaluation_only=True)
         if prepared.whole_sources:
             logger.warning("%s %s no test split: evaluating all of its images as 'test'. A model trained on it has "
-                           "seen most of them; --eval_split validation scores the validation split training carves.",
+                           "seen most of them: --test_fraction F scores the test split that training with "
+                           "--test_fraction F carved, --eval_split validation the validation split it carved.",
                            ", ".join(prepared.whole_sources), "has" if len(prepared.whole_sources) == 1 else "have")
         return prepared
     prepared = training_splits(data_args)  # training's own call: the same validation images
@@ -826,15 +828,9 @@ def evaluate_only(model_args: ModelArguments, data_args: DataArguments, args: Tr
     split = data_args.eval_split
     model = AutoModelForImageClassification.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-    model_labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
-    if set(prepared.labels) != set(model_labels):
-        raise UsageError(f"the data's labels {prepared.labels} do not match the model's {model_labels}")
-    if prepared.labels != model_labels:  # same names, other order: re-index the data to the model's ids
-        prepared.dataset = prepared.dataset.cast_column("label", type(prepared.dataset[split].features["label"])(
-            names=model_labels))
-    prepared.labels = model_labels
+    in_model_label_order(prepared, [model.config.id2label[i] for i in sorted(model.config.id2label)])
     # The decision rule's one home is the config (a threshold on p(class 1) only means something binary).
-    binary = len(model_labels) == 2
+    binary = len(prepared.labels) == 2
     threshold, source = (decision_threshold(model.config), "model config") if binary else (0.5, "default")
     attach_transforms(prepared, processor, strength=0.0)
     trainer = Trainer(model=model, args=replace(args, eval_strategy="no", load_best_model_at_end=False),

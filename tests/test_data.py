@@ -14,6 +14,7 @@ from modeling.data import (
     build_dataset_dict,
     build_transforms,
     collate_fn,
+    in_model_label_order,
     make_transform_fn,
 )
 
@@ -53,6 +54,19 @@ def test_positive_label_is_class_1_in_every_source_and_split(tmp_path):
             assert Path(path).parent.name == prepared.labels[label]
     with pytest.raises(DataError, match="'mole' is not one of the data's labels"):
         build_dataset_dict(first, positive_label="mole")
+
+
+def test_data_in_a_models_label_order_keeps_each_images_label(tmp_path):
+    """Scoring a model whose classes are in another order (trained with --positive_label) re-indexes the data by name:
+    a cast of the ClassLabel would keep the ids and so swap the labels of every image."""
+    prepared = build_dataset_dict(make_image_folder(tmp_path / "d", {"test": 4}, labels=("melanoma", "nevus")),
+                                  validation_fraction=0.0, evaluation_only=True)
+    in_model_label_order(prepared, ["nevus", "melanoma"])
+    test = prepared.dataset["test"]
+    assert prepared.labels == test.features["label"].names == ["nevus", "melanoma"]
+    assert [prepared.labels[label] for label in test["label"]] == [Path(path).parent.name for path in test["path"]]
+    with pytest.raises(DataError, match="do not match the model's"):
+        in_model_label_order(prepared, ["benign", "malignant"])
 
 
 def test_duplicates_are_reported_and_dropped_from_train(tmp_path):

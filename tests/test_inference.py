@@ -239,6 +239,26 @@ def test_cli_refuses_a_threshold_that_is_not_a_probability(tmp_path, tiny_model_
         decide([0.3, 0.7], 1.5)  # the library's rule refuses it too (pipeline, app, reports)
 
 
+def test_cli_refuses_a_threshold_for_a_model_of_more_than_two_classes(tmp_path, capsys):
+    """A multi-class model decides by the most probable class: a --threshold would be written into the CSV and not
+    used."""
+    from helpers import tiny_config
+
+    from modeling import AsffResNetForImageClassification
+    from modeling.image_processing import build_image_processor
+
+    model_dir = tmp_path / "three"
+    id2label = {0: "keratosis", 1: "melanoma", 2: "nevus"}
+    AsffResNetForImageClassification(tiny_config(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+                                     ).save_pretrained(model_dir)
+    build_image_processor(TINY_IMAGE_SIZE).save_pretrained(model_dir)
+    make_image_folder(tmp_path / "imgs", {"test": 1})
+    with pytest.raises(SystemExit) as error:
+        predict_cli([str(tmp_path / "imgs"), "--model", str(model_dir), "--threshold", "0.3"])
+    assert error.value.code == 2 and "--threshold applies to two-class models" in capsys.readouterr().err
+    assert predict_cli([str(tmp_path / "imgs"), "--model", str(model_dir), "--out", str(tmp_path / "p.csv")]) == 0
+
+
 def test_a_mistyped_model_path_is_named_at_once_with_the_nearest_model(tmp_path, tiny_model_dir, capsys,
                                                                         monkeypatch):
     """A path meant as local that is not there: a clear error without a Hub lookup (offline, transformers would wait
