@@ -623,9 +623,16 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
         raise UsageError("--lesion_focus_loss_coefficient and --class_weighting balanced: the weighted loss would "
                          "replace the model's, lesion term included; use one of them (a checkpoint may carry its own "
                          "coefficient: --lesion_focus_loss_coefficient 0 turns the term off)")
+    inherited = []  # what a fine-tune keeps from the checkpoint unless told otherwise: both assume dermoscopy
     if lesion_focus and model_args.lesion_focus_loss_coefficient is None:
-        logger.info("the lesion-focus loss is on (coefficient %s, from the checkpoint's config; "
-                    "--lesion_focus_loss_coefficient 0 turns it off)", model.config.lesion_focus_loss_coefficient)
+        inherited.append(f"the lesion-focus loss (coefficient {model.config.lesion_focus_loss_coefficient}; "
+                         "--lesion_focus_loss_coefficient 0 turns it off)")
+    if model_args.model_name_or_path and model_args.color_constancy is None and getattr(
+            processor, "do_color_constancy", False):
+        inherited.append("Shades-of-Gray colour constancy in the processor (--color_constancy false turns it off)")
+    if inherited:
+        logger.warning("kept from %s: %s. Both assume dermoscopic images of a lesion; for other images, turn them "
+                       "off", model_args.model_name_or_path, "; ".join(inherited))
     attach_transforms(prepared, processor, data_args.augmentation_strength, data_args.augmentation,
                       lesion_masks=lesion_focus)
     train = prepared.dataset["train"]

@@ -2,6 +2,7 @@
 share outside the lesion, the proxy masks move with the augmentation, and train_hf.py wires it (or refuses it)."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -143,13 +144,26 @@ def test_masks_reach_the_batch_only_when_asked():
     assert collated["lesion_masks"][0].sum() > 0 and collated["lesion_masks"][1].sum() == 0
 
 
-def test_train_hf_trains_with_the_term_and_records_it(image_folder, tmp_path):
+def test_train_hf_trains_with_the_term_and_records_it(image_folder, tmp_path, caplog):
     out = tmp_path / "run"
     result = run(["--dataset", str(image_folder), "--output_dir", str(out), "--num_train_epochs", "1",
-                  "--lesion_focus_loss_coefficient", "0.5", "--cam_frame_share", "false", *TINY_TRAIN_ARGS])
+                  "--lesion_focus_loss_coefficient", "0.5", "--color_constancy", "true", "--cam_frame_share", "false",
+                  *TINY_TRAIN_ARGS])
     assert result["channel"]["test"]["n"] == 12
     assert json.loads((out / "config.json").read_text())["lesion_focus_loss_coefficient"] == 0.5
     assert json.loads((out / "metrics.json").read_text())["settings"]["lesion_focus_loss_coefficient"] == 0.5
+    # A fine-tune of it keeps both dermoscopy-specific settings, and says so where a user sees it (a warning)
+    fine_tune = ["--model_name_or_path", str(out), "--dataset", str(image_folder), "--max_steps", "1",
+                 "--cam_frame_share", "false", *TINY_TRAIN_ARGS]
+    with caplog.at_level(logging.WARNING, logger="modeling.training"):
+        run([*fine_tune, "--output_dir", str(tmp_path / "ft")])
+    kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept from")]
+    assert len(kept) == 1 and "lesion-focus loss (coefficient 0.5" in kept[0] and "colour constancy" in kept[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modeling.training"):
+        run([*fine_tune, "--output_dir", str(tmp_path / "ft-off"), "--lesion_focus_loss_coefficient", "0",
+             "--color_constancy", "false"])
+    assert not [r for r in caplog.records if r.getMessage().startswith("kept from")]
 
 
 @pytest.mark.parametrize("extra, message", [
