@@ -435,6 +435,15 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Tra
         settings["near_duplicate_distance"] = data_args.near_duplicate_distance
     if data_args.positive_label:
         settings["positive_label"] = data_args.positive_label
+    if data_args.test_fraction:
+        settings["test_fraction"] = data_args.test_fraction
+    if prepared.skipped:
+        settings["unreadable_files_skipped"] = len(prepared.skipped)  # named in metrics.json "skipped_files"
+    if model_args.model_name_or_path and not model_args.skip_training:
+        start = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        start_labels = [start.id2label[i] for i in sorted(start.id2label)]
+        if start_labels != prepared.labels:
+            settings["head"] = f"re-initialised for {prepared.labels} (the starting model's: {start_labels})"
     if data_args.max_train_samples:
         settings["max_train_samples"] = data_args.max_train_samples
         # What trained, beside the split it was cut from (the card would otherwise show only the split's size)
@@ -758,6 +767,7 @@ def train_one(name: str, model_args: ModelArguments, data_args: DataArguments, a
     settings.update(color_constancy="off" if power is None else power, resize_mode=preprocessing["resize_mode"])
     metrics = {"model": name, "test": summary, "validation": validation_summary,
                "train": train_metrics, "settings": settings, "duplicates": prepared.duplicates.get("summary"),
+               "skipped_files": [{"path": path, "reason": reason} for path, reason in prepared.skipped],
                "datasets": prepared.source_roots,
                "sources": _by_source(test=test_sources, validation=validation_sources),
                "cam_frame_share": frame_share, "balance_label_by": balance}

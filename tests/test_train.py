@@ -97,12 +97,18 @@ def test_test_split_is_evaluated_exactly_once(image_folder, tiny_config_dir, tmp
 
 def test_fine_tune_onto_a_new_label_set_then_eval_only(trained, tmp_path):
     data = make_image_folder(tmp_path / "three", {"train": 6, "test": 3}, labels=("a", "b", "c"), seed=3)
+    (data / "train" / "a" / "truncated.jpg").write_bytes(b"\xff\xd8\xff" + b"0" * 50)  # skipped, and recorded
     out = tmp_path / "finetuned"
     args = parse_args(["--dataset", str(data), "--model_name_or_path", str(trained), "--output_dir", str(out),
                        "--num_train_epochs", "1", *TINY])
     result = training.main(*args)
     assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}
     assert result["channel"]["test"]["n"] == 9
+    head = "re-initialised for ['a', 'b', 'c'] (the starting model's: ['benign', 'malignant'])"
+    assert result["channel"]["settings"]["head"] == head and head in (out / "README.md").read_text()
+    skipped = json.loads((out / "metrics.json").read_text())["skipped_files"]
+    assert [Path(f["path"]).name for f in skipped] == ["truncated.jpg"] and "unreadable" in skipped[0]["reason"]
+    assert result["channel"]["settings"]["unreadable_files_skipped"] == 1
     eval_out = tmp_path / "eval"
     evaluated = training.main(*parse_args(["--do_eval_only", "true", "--model_name_or_path", str(out),
                                            "--dataset", str(data / "test"), "--output_dir", str(eval_out), *TINY]))
