@@ -484,7 +484,7 @@ def output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pat
 def evaluation_split(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
     """The model (`load_classifier`) and the split `args` name: (model, processor, split, labels in the model's ids,
     image ids, source names). Exits with a clear message (status 2: the data; 1: the model) on what cannot work."""
-    from .data import DataError, build_dataset_dict
+    from .data import DataError, build_dataset_dict, in_model_label_order
     from .inference import load_classifier
     from .training import sample_ids
 
@@ -502,13 +502,12 @@ def evaluation_split(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         model, processor, _ = load_classifier(args.model_dir)
     except Exception as error:  # missing directory, unknown Hub id, offline
         parser.exit(1, f"Could not load a model from {args.model_dir}: {type(error).__name__}: {error}\n")
-    model_labels = [str(model.config.id2label[k]) for k in sorted(model.config.id2label)]
-    if set(prepared.labels) != set(model_labels):
-        parser.exit(2, f"error: the data's labels {prepared.labels} do not match the model's {model_labels}\n")
+    try:  # the data's label ids in the model's order (same names, maybe another order)
+        in_model_label_order(prepared, [model.config.id2label[k] for k in sorted(model.config.id2label)])
+    except DataError as error:
+        parser.exit(2, f"error: {error}\n")
     split = prepared.dataset[args.split].with_format(None)
-    # The data's label ids in the model's order (same names, maybe another order).
-    to_model = [model_labels.index(name) for name in prepared.labels]
-    labels = [to_model[k] for k in split["label"]]
+    labels = list(split["label"])
     return model, processor, split, labels, sample_ids(split, prepared.source_roots), list(prepared.sources)
 
 
